@@ -1,0 +1,104 @@
+"""
+Export a detpre training checkpoint as a detectron2 model-zoo file that ``MODEL.WEIGHTS`` of a
+stock Mask R-CNN / Faster R-CNN / RetinaNet config loads.
+
+detpre's meta-architectures name their modules as detectron2's detectors do (``backbone.*``
+with ``bottom_up``/``fpn_*``, ``roi_heads.box_head.*``) and keep momentum copies under
+``target.``, so export only selects keys (and, for the EMA weights, strips ``target.``).
+"""
+import collections
+import os
+import pickle
+import tempfile
+
+import numpy as np
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY
+
+__all__ = [
+    "DETECTOR_PREFIXES", "load_detpre_checkpoint", "export_weights", "save_model_zoo_file",
+    "coverage_report",
+]
+
+# What each detector family takes from a pretrained checkpoint.
+DETECTOR_PREFIXES = {
+    "mask_rcnn": ("backbone.", "roi_heads.box_head."),
+    "faster_rcnn": ("backbone.", "roi_heads.box_head."),
+    "retinanet": ("backbone.",),
+    "backbone": ("backbone.bottom_up.",),
+}
+
+
+def _is_detpre_arch(name):
+    return name in META_ARCH_REGISTRY and META_ARCH_REGISTRY.get(name).__module__.startswith("detpre.")
+
+
+def load_detpre_checkpoint(path):
+    """Returns ``(state_dict, meta_architecture)``; refuses files detpre did not train."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    info = ckpt.get("detpre") if isinstance(ckpt, dict) else None
+    arch = info.get("meta_architecture") if isinstance(info, dict) else None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or arch is None:
+        raise ValueError(
+            f"{path}: not a checkpoint written by detpre's tools/train_net.py (no 'detpre' run "
+            "info); pass a model_XXXXXXX.pth / model_final.pth from a detpre pretraining run."
+        )
+    if not _is_detpre_arch(arch):
+        raise ValueError(
+            f"{path}: meta-architecture {arch!r} is not a detpre pretraining architecture; a "
+            "detectron2 detector checkpoint already loads through MODEL.WEIGHTS as it is."
+        )
+    return ckpt["model"], arch
+
+
+def export_weights(state_dict, detector="mask_rcnn", use_target=False):
+    """The online (or EMA target) weights a ``detector`` takes, as numpy arrays."""
+    if detector not in DETECTOR_PREFIXES:
+        raise ValueError(f"detector {detector!r}: use one of {sorted(DETECTOR_PREFIXES)}")
+    if use_target:
+        source = {k[len("target."):]: v for k, v in state_dict.items() if k.startswith("target.")}
+        if not source:
+            raise ValueError("--ema: this checkpoint has no momentum target (keys 'target.*')")
+    else:
+        source = {k: v for k, v in state_dict.items() if not k.startswith("target.")}
+    prefixes = DETECTOR_PREFIXES[detector]
+    out = collections.OrderedDict(
+        (k, v.detach().cpu().numpy()) for k, v in source.items() if k.startswith(prefixes)
+    )
+    if not out:
+        raise ValueError(f"nothing to export for {detector}: no keys start with {prefixes}")
+    return out
+
+
+def save_model_zoo_file(weights, path, author="detpre"):
+    """detectron2's model-zoo ``.pkl`` layout, written to a temporary name and renamed."""
+    data = {"model": dict(weights), "__author__": author, "matching_heuristics": False}
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def coverage_report(weights, model):
+    """
+    Compare exported ``weights`` with a detector ``model``'s state dict: which of its keys they
+    fill, which stay randomly initialized, which exported keys it does not have or with another shape.
+    """
+    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    filled = [k for k, v in weights.items() if k in target and tuple(np.shape(v)) == target[k]]
+    mismatched = [k for k, v in weights.items() if k in target and tuple(np.shape(v)) != target[k]]
+    unused = [k for k in weights if k not in target]
+    filled_set = set(filled)
+    random_init = [k for k in target if k not in filled_set and not k.endswith("num_batches_tracked")]
+    return {"filled": filled, "shape_mismatch": mismatched, "unused": unused, "random_init": random_init}

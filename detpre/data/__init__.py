@@ -1,0 +1,1 @@
+"""Data: data set registration, proposals, view transforms, mappers and loaders."""

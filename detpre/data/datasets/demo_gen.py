@@ -1,0 +1,190 @@
+"""
+``generate_demo_dataset``: the small synthetic detection data set behind ``detpre_demo_*``.
+
+Textured shapes (5 categories, COCO small/medium/large, 2-6 per image, occluding each other)
+on recoloured crops of scikit-image's bundled photos. Annotations describe what is visible:
+mask, box and area of each object after occlusion; objects mostly hidden are not drawn at all.
+Every image has its own seed (seed, split, index), so one seed fixes every byte.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import cv2
+import numpy as np
+
+from .demo_shapes import CATEGORIES, TEXTURES, draw_shape, random_background, texture
+from .masks import mask_to_bbox, mask_to_polygons
+
+__all__ = ["generate_demo_dataset", "DEMO_MARKER", "DEMO_SPLITS"]
+
+DEMO_MARKER = "detpre_demo.json"  # written last into the temp dir: its presence = complete
+DEMO_VERSION = 1
+DEMO_SPLITS = ("train", "val", "unlabeled")
+JPEG_QUALITY = 90
+MIN_VISIBLE_FRACTION = 0.5  # objects with less of themselves visible are not drawn
+MIN_VISIBLE_PIXELS = 30
+# longest extent (px) per COCO size class, and how often each is drawn
+_SIZE_RANGES = ((10, 34), (38, 100), (115, 250))
+_SIZE_PROBS = (0.4, 0.4, 0.2)
+
+
+def _sample_objects(rng, height, width):
+    """Random objects, bottom first: list of (category index, full mask, texture kind)."""
+    objects = []
+    for _ in range(int(rng.integers(2, 7))):
+        cls = int(rng.integers(len(CATEGORIES)))
+        lo, hi = _SIZE_RANGES[int(rng.choice(3, p=_SIZE_PROBS))]
+        size = min(rng.uniform(lo, hi), 0.95 * min(height, width))
+        half = size / 2
+        cx = rng.uniform(half, width - half)
+        cy = rng.uniform(half, height - half)
+        mask = draw_shape(rng, CATEGORIES[cls][1], height, width, cx, cy, size)
+        objects.append((cls, mask, TEXTURES[int(rng.integers(len(TEXTURES)))]))
+    return objects
+
+
+def _visible_objects(objects):
+    """
+    Objects (bottom first) that show enough above the ones kept in front of them, as
+    (category index, full mask, visible mask, texture kind). Going top to bottom, a dropped
+    object is never drawn, so it hides nothing below it.
+    """
+    covered = None
+    kept = []
+    for cls, mask, tex in reversed(objects):
+        full = mask.astype(bool)
+        visible = full if covered is None else full & ~covered
+        n_vis = int(visible.sum())
+        if n_vis < MIN_VISIBLE_PIXELS or n_vis < MIN_VISIBLE_FRACTION * int(full.sum()):
+            continue
+        covered = full.copy() if covered is None else covered | full
+        kept.append((cls, full, visible, tex))
+    return kept[::-1]
+
+
+def _render(rng):
+    """One image (H x W x 3 uint8 RGB) and its visible objects [(category index, mask)]."""
+    height, width = (int(v) for v in rng.integers(160, 257, size=2))
+    image = random_background(rng, height, width).astype(np.float32)
+    kept = []
+    while len(kept) < 2:  # resample the objects until at least two show
+        kept = _visible_objects(_sample_objects(rng, height, width))
+
+    for cls, full, _, tex in kept:  # paint bottom first
+        x, y, w, h = mask_to_bbox(full)
+        fill = texture(rng, h, w, tex)
+        region = image[y:y + h, x:x + w]
+        m = full[y:y + h, x:x + w]
+        region[m] = fill[m]
+    image += rng.normal(0.0, 3.0, image.shape).astype(np.float32)  # sensor-like noise
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    return image, [(cls, visible) for cls, _, visible, _ in kept]
+
+
+def _write_jpeg(path, image_rgb):
+    ok, buf = cv2.imencode(".jpg", image_rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    with open(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+
+
+def _generate_split(out_dir, split, split_code, num_images, seed, categories):
+    img_dir = os.path.join(out_dir, "images", split)
+    os.makedirs(img_dir)
+    images, annotations = [], []
+    for i in range(num_images):
+        rng = np.random.default_rng([seed, split_code, i])
+        image, objects = _render(rng)
+        file_name = f"{split}_{i:06d}.jpg"
+        _write_jpeg(os.path.join(img_dir, file_name), image)
+        image_id = i + 1
+        images.append({"id": image_id, "file_name": file_name,
+                       "height": image.shape[0], "width": image.shape[1]})
+        for cls, visible in objects:
+            polygons = mask_to_polygons(visible)
+            if not polygons:
+                continue
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id,
+                "category_id": categories[cls]["id"], "segmentation": polygons,
+                "area": int(visible.sum()), "bbox": mask_to_bbox(visible), "iscrowd": 0,
+            })
+    ann_dir = os.path.join(out_dir, "annotations")
+    if split == "unlabeled":  # image list only, like COCO's image_info_test json
+        _write_json(os.path.join(ann_dir, "image_info_unlabeled.json"),
+                    {"images": images, "categories": categories})
+    else:
+        _write_json(os.path.join(ann_dir, f"instances_{split}.json"),
+                    {"info": {"description": "detpre demo", "version": DEMO_VERSION},
+                     "images": images, "annotations": annotations, "categories": categories})
+
+
+def _read_marker(root):
+    try:
+        with open(os.path.join(root, DEMO_MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=300):
+    """
+    Write the demo data set to ``root`` (atomically: built in a temp dir next to it, then
+    renamed) and return ``root``. Layout::
+
+        root/images/{train,val,unlabeled}/*.jpg
+        root/annotations/instances_{train,val}.json     COCO instances, polygons
+        root/annotations/image_info_unlabeled.json      image list only
+        root/detpre_demo.json                           the arguments; marks it complete
+
+    If ``root`` already holds a demo made with the same arguments (e.g. another process won
+    the race), it is kept; a different one is an error.
+    """
+    params = {"version": DEMO_VERSION, "seed": int(seed), "num_train": int(num_train),
+              "num_val": int(num_val), "num_unlabeled": int(num_unlabeled)}
+    root = os.path.abspath(os.path.expanduser(root))
+
+    def existing():
+        found = _read_marker(root)
+        if found is None:
+            return False
+        if found != params:
+            raise FileExistsError(
+                f"{root} holds a demo data set made with {found}, not {params}; "
+                "delete the directory or pass another root")
+        return True
+
+    if existing():
+        return root
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
+    try:
+        os.makedirs(os.path.join(tmp, "annotations"))
+        categories = [{"id": cid, "name": name, "supercategory": "shape"}
+                      for cid, name in CATEGORIES]
+        counts = (num_train, num_val, num_unlabeled)
+        for code, (split, n) in enumerate(zip(DEMO_SPLITS, counts)):
+            _generate_split(tmp, split, code, n, seed, categories)
+        _write_json(os.path.join(tmp, DEMO_MARKER), params)
+        os.chmod(tmp, 0o755)  # mkdtemp made it private
+        try:
+            os.rename(tmp, root)  # atomic; fails if root is a non-empty dir
+        except OSError:
+            if existing():  # another process finished first
+                return root
+            raise FileExistsError(
+                f"{root} exists but is not a complete detpre demo data set "
+                f"(no {DEMO_MARKER}); delete it and run again") from None
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root

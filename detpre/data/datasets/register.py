@@ -1,0 +1,39 @@
+"""
+``register_from_config(cfg)``: register every data set the config names (DATASETS.COCO,
+DATASETS.VOC, DATASETS.FOLDER) and the demo, so a user's own data needs no Python.
+Called by the entry points after the config is built, never at import time.
+"""
+from .coco import register_coco
+from .demo import demo_root, register_demo
+from .folder import register_image_folder
+from .voc import VOC_CLASS_NAMES, register_voc
+
+__all__ = ["register_from_config"]
+
+
+def _entries(cfg, key, lengths, form):
+    """Each item of ``cfg.DATASETS.<key>`` as (source label, list of strings), checked."""
+    out = []
+    for i, item in enumerate(cfg.DATASETS.get(key, [])):
+        source = f"DATASETS.{key}[{i}]"
+        if (not isinstance(item, (list, tuple)) or len(item) not in lengths
+                or not all(isinstance(v, str) and v for v in item)):
+            raise ValueError(f"{source} = {item!r}: expected {form} (non-empty strings)")
+        out.append((source, list(item)))
+    return out
+
+
+def register_from_config(cfg):
+    """Register the config's data sets and the demo; safe to call again with the same config."""
+    for source, (name, json_file, image_root) in _entries(
+            cfg, "COCO", (3,), "[name, json_file, image_root]"):
+        register_coco(name, json_file, image_root, source=source)
+    for source, item in _entries(
+            cfg, "VOC", (3, 4), '[name, voc_dir, split] or [name, voc_dir, split, "cls1,cls2"]'):
+        classes = VOC_CLASS_NAMES
+        if len(item) == 4:
+            classes = tuple(c.strip() for c in item[3].split(",") if c.strip())
+        register_voc(item[0], item[1], item[2], classes, source=source)
+    for source, (name, image_dir) in _entries(cfg, "FOLDER", (2,), "[name, image_dir]"):
+        register_image_folder(name, image_dir, source=source)
+    register_demo(demo_root(cfg))

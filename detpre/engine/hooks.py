@@ -1,0 +1,56 @@
+"""
+Hooks for what happens between steps. Each is registered in ``HOOK_REGISTRY`` and listed by name
+in ``DETPRE.HOOKS``; ``Trainer.build_hooks`` builds it as ``Hook(cfg, trainer)``.
+"""
+from detectron2.config import configurable
+from detectron2.engine import HookBase
+from torch.nn.parallel import DistributedDataParallel
+
+from detpre.modeling.momentum import MomentumTarget, momentum_at
+from detpre.registry import HOOK_REGISTRY
+
+__all__ = ["MomentumUpdate", "unwrap_model"]
+
+
+def unwrap_model(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@HOOK_REGISTRY.register()
+class MomentumUpdate(HookBase):
+    """
+    After every optimizer step, move ``model.target`` (a ``MomentumTarget``) towards the online
+    weights with BYOL's cosine momentum schedule. The momentum is a function of the iteration,
+    so ``--resume`` restores it exactly (the target weights are in the model checkpoint).
+    """
+
+    @configurable
+    def __init__(self, *, base, end, max_iter, schedule="cosine"):
+        self.base, self.end, self.max_iter, self.schedule = base, end, max_iter, schedule
+
+    @classmethod
+    def from_config(cls, cfg, trainer=None):
+        return {
+            "base": cfg.MODEL.MOMENTUM.BASE,
+            "end": cfg.MODEL.MOMENTUM.END,
+            "max_iter": cfg.SOLVER.MAX_ITER,
+            "schedule": cfg.MODEL.MOMENTUM.SCHEDULE,
+        }
+
+    def momentum(self, it):
+        return momentum_at(it, self.max_iter, self.base, self.end, self.schedule)
+
+    def before_train(self):
+        target = getattr(unwrap_model(self.trainer.model), "target", None)
+        if not isinstance(target, MomentumTarget):
+            raise TypeError(
+                "DETPRE.HOOKS has MomentumUpdate but the model has no `target` MomentumTarget; "
+                "remove the hook or use a momentum meta-architecture (SoCo, FastMoCo)."
+            )
+
+    def after_step(self):
+        # the step just taken was iteration `iter`; the schedule uses the count done so far
+        m = self.momentum(self.trainer.iter + 1)
+        model = unwrap_model(self.trainer.model)
+        model.target.update(model, m)
+        self.trainer.storage.put_scalar("momentum", m, smoothing_hint=False)

@@ -1,0 +1,66 @@
+"""
+``Trainer``: detectron2's DefaultTrainer with the loader, optimizer, hooks and evaluators picked
+from detpre's config keys. Only ``build_*`` classmethods are overridden.
+"""
+import os
+
+from detectron2.engine import DefaultTrainer, hooks
+
+from detpre.data.build import build_test_loader, build_train_loader
+from detpre.evaluation import build_evaluator
+from detpre.registry import HOOK_REGISTRY
+from detpre.solver import build_optimizer
+
+__all__ = ["Trainer"]
+
+
+class _RunInfo:
+    """Checkpointed next to the model so tools know which detpre architecture wrote a file."""
+
+    def __init__(self, cfg):
+        self.info = {"meta_architecture": cfg.MODEL.META_ARCHITECTURE, "config": cfg.dump()}
+
+    def state_dict(self):
+        return dict(self.info)
+
+    def load_state_dict(self, state):
+        pass
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.checkpointer.checkpointables["detpre"] = _RunInfo(cfg)
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        # continue the data stream where the checkpointed run stopped
+        loader = self._trainer.data_loader
+        if hasattr(loader, "set_start_iter"):
+            loader.set_start_iter(self.start_iter)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        extra = [HOOK_REGISTRY.get(name)(self.cfg, self) for name in self.cfg.DETPRE.HOOKS]
+        # before checkpointing, so a saved checkpoint includes this step's extra updates
+        at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)),
+                  len(ret))
+        return ret[:at] + extra + ret[at:]

@@ -1,0 +1,1 @@
+"""Meta-architectures, heads, losses, memories and momentum targets of detpre's methods."""

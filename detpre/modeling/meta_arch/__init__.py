@@ -1,0 +1,1 @@
+"""One meta-architecture per method, each registered in detectron2's META_ARCH_REGISTRY."""
