@@ -45,7 +45,7 @@ def test_every_config_loads_and_builds(path):
         return  # partial bases are checked through the configs that inherit them
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RESNETS.NORM = cfg.MODEL.RESNETS.NORM.replace("SyncBN", "BN")
-    for node in (cfg.MODEL.FPN, cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_MASK_HEAD):
+    for node in (cfg.MODEL.FPN, cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_MASK_HEAD, cfg.MODEL.RETINANET):
         node.NORM = node.NORM.replace("SyncBN", "BN")
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
