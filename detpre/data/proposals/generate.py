@@ -1,0 +1,187 @@
+"""
+``generate_proposals``: selective search for every image of a data set, once, offline.
+
+Per image: read it as detectron2's mapper does (``read_image``, EXIF-rotated RGB), resize to
+``proposal_size`` x ``proposal_size`` (SoCo's 224; 0 keeps the original size), run the
+backend, map the boxes back to original pixels, apply SoCo's filter there. Images are spread
+over a process pool; results stream to chunk files (memory does not grow with the number of
+images) and a killed run resumes where it stopped. An unreadable image is reported and gets
+no proposals. ``shard=(i, N)`` takes the i-th of N contiguous slices of the records.
+"""
+import logging
+import os
+
+import cv2
+import numpy as np
+
+from .backends import build_backend
+from .filtering import ProposalFilter
+from .proposal_file import PartStore, atomic_write_bytes, write_proposal_file
+
+__all__ = ["compute_proposals", "generate_proposals", "shard_range", "resize_for_proposals"]
+
+logger = logging.getLogger(__name__)
+
+_WORKER = {}
+
+
+def shard_range(num, shard):
+    """[start, stop) of shard i of N over ``num`` items (contiguous, sizes differ by <= 1)."""
+    i, n = shard
+    if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard {i}/{n}: need 0 <= i < N")
+    return num * i // n, num * (i + 1) // n
+
+
+def resize_for_proposals(image, size):
+    """The image resized to size x size (aspect ratio not kept, as SoCo), or as is if size=0."""
+    h, w = image.shape[:2]
+    if not size or (h == size and w == size):
+        return np.ascontiguousarray(image)
+    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=interp))
+
+
+def compute_proposals(image, backend, proposal_size=224, proposal_filter=None):
+    """(N, 4) float32 XYXY_ABS boxes in ``image``'s pixels, best first, filtered."""
+    h, w = image.shape[:2]
+    small = resize_for_proposals(image, proposal_size)
+    boxes = backend(small).astype(np.float64)
+    sh, sw = small.shape[:2]
+    boxes *= np.array([w / sw, h / sh, w / sw, h / sh])
+    np.clip(boxes, 0, [w, h, w, h], out=boxes)
+    boxes = boxes.astype(np.float32)
+    if proposal_filter is not None:
+        boxes = proposal_filter(boxes, h, w)
+    return np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)
+
+
+def _read_rgb(file_name):
+    from detectron2.data.detection_utils import read_image
+
+    image = read_image(file_name, format="RGB")
+    if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"unexpected image shape {image.shape}")
+    return np.ascontiguousarray(image, np.uint8)
+
+
+def _init_worker(backend_name, backend_kwargs, proposal_size, filt):
+    cv2.setNumThreads(1)
+    _WORKER.update(backend=build_backend(backend_name, **backend_kwargs),
+                   size=proposal_size, filter=filt)
+
+
+def _process(item):
+    """(chunk index, image id, boxes, error or None) of one (chunk, id, file) item."""
+    chunk, image_id, file_name = item
+    try:
+        image = _read_rgb(file_name)
+        boxes = compute_proposals(image, _WORKER["backend"], _WORKER["size"], _WORKER["filter"])
+        return chunk, image_id, boxes, None
+    except Exception as e:  # an unreadable / corrupt image must not stop a 100k-image run
+        return chunk, image_id, np.zeros((0, 4), np.float32), (file_name, f"{type(e).__name__}: {e}")
+
+
+def _records_of(records):
+    out = []
+    for i, r in enumerate(records):
+        if isinstance(r, (str, os.PathLike)):
+            r = {"file_name": os.fspath(r), "image_id": os.fspath(r)}
+        if "file_name" not in r or "image_id" not in r:
+            raise ValueError(f"record {i} lacks 'file_name' or 'image_id'; detectron2 matches "
+                             "proposals to images by image_id")
+        out.append((r["image_id"], r["file_name"]))
+    return out
+
+
+def generate_proposals(records, output, backend="detpre", backend_kwargs=None,
+                       proposal_size=224, proposal_filter=ProposalFilter(), workers=None,
+                       shard=(0, 1), chunk_size=256, progress=True, overwrite=False):
+    """Write detectron2's proposal file for ``records`` (dataset dicts or image paths).
+
+    Returns a dict: ``num_images``, ``errors`` [(file, reason)], ``output``, ``skipped``
+    (True when ``output`` existed and ``overwrite`` is False).
+    """
+    output = os.fspath(output)
+    backend_kwargs = dict(backend_kwargs or {})
+    items = _records_of(records)
+    total = len(items)
+    start, stop = shard_range(total, tuple(shard))
+    items = items[start:stop]
+    if os.path.exists(output) and not overwrite:
+        logger.warning(f"{output} exists; delete it (or pass overwrite) to regenerate")
+        return {"num_images": len(items), "errors": [], "output": output, "skipped": True}
+
+    settings = dict(backend=build_backend(backend, **backend_kwargs).params,
+                    proposal_size=int(proposal_size),
+                    filter=proposal_filter.params() if proposal_filter is not None else None)
+    spec = dict(settings=settings, shard=list(shard), num_images=total, chunk_size=chunk_size,
+                ids=_id_digest(items))
+    store = PartStore(output)
+    store.open(spec)
+    done = store.done()
+    n_chunks = (len(items) + chunk_size - 1) // chunk_size
+    todo = [(c, image_id, fn) for c in range(n_chunks) if c not in done
+            for image_id, fn in items[c * chunk_size:(c + 1) * chunk_size]]
+
+    init_args = (backend, backend_kwargs, int(proposal_size), proposal_filter)
+    workers = os.cpu_count() if workers is None else int(workers)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="img",
+                   desc=os.path.basename(output), dynamic_ncols=True)
+    pending = {}  # chunk index -> list of results; at most a few chunks are open at once
+
+    def collect(result):
+        c, image_id, boxes, err = result
+        if err is not None:
+            logger.warning(f"no proposals for {err[0]}: {err[1]}")
+        pending.setdefault(c, []).append((image_id, boxes, err))
+        size = min(chunk_size, len(items) - c * chunk_size)
+        if len(pending[c]) == size:
+            rows = pending.pop(c)
+            store.save(c, [r[0] for r in rows], [r[1] for r in rows],
+                       [r[2] for r in rows if r[2] is not None])
+        if bar is not None:
+            bar.update(1)
+
+    if workers <= 1:
+        _init_worker(*init_args)
+        for item in todo:
+            collect(_process(item))
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers, _init_worker, init_args) as pool:
+            for result in pool.imap(_process, todo, chunksize=4):
+                collect(result)
+    if bar is not None:
+        bar.close()
+
+    ids, boxes, errors = [], [], []
+    for c in range(n_chunks):
+        part = store.load(c)
+        ids.extend(part["ids"])
+        boxes.extend(part["boxes"])
+        errors.extend(tuple(e) for e in part["errors"])
+    meta = dict(settings=settings, shard=list(shard), num_images=total)
+    write_proposal_file(output, ids, boxes, meta)
+    errors_file = output + ".errors.txt"
+    if errors:
+        atomic_write_bytes(errors_file, "".join(f"{f}\t{r}\n" for f, r in errors).encode())
+        logger.warning(f"{len(errors)} image(s) could not be read; listed in {errors_file}")
+    elif os.path.exists(errors_file):
+        os.remove(errors_file)
+    store.remove()
+    return {"num_images": len(ids), "errors": errors, "output": output, "skipped": False}
+
+
+def _id_digest(items):
+    import hashlib
+
+    h = hashlib.sha1()
+    for image_id, fn in items:
+        h.update(f"{image_id}\0{fn}\n".encode())
+    return h.hexdigest()
