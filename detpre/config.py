@@ -54,22 +54,219 @@ def add_ssl_config(cfg):
 
 def add_soco_config(cfg):
     """SoCo (NeurIPS 2021): object-level BYOL on selective-search proposals."""
+    _C = cfg
+    _C.MODEL.SOCO = CN()
+    # FPN levels the proposals are pooled from (RoIAlign settings: MODEL.ROI_BOX_HEAD.POOLER_*).
+    _C.MODEL.SOCO.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # Scale-aware assignment, detectron2's rule floor(LEVEL + log2(sqrt(wh) / SIZE)): 96 and 4
+    # give SoCo's sqrt(wh) <= 48 / 96 / 192 / larger -> P2 / P3 / P4 / P5 for 224 px views
+    # (boxes exactly on a boundary go one level up); scale SIZE with INPUT.SOCO.VIEW_SIZE.
+    _C.MODEL.SOCO.CANONICAL_BOX_SIZE = 96
+    _C.MODEL.SOCO.CANONICAL_LEVEL = 4
+    # Projector (box-head feature -> HIDDEN_DIM -> PROJ_DIM) and predictor (PROJ_DIM -> HIDDEN_DIM
+    # -> PROJ_DIM), 2-layer MLPs as BYOL's.
+    _C.MODEL.SOCO.PROJ_DIM = 256
+    _C.MODEL.SOCO.HIDDEN_DIM = 4096
+    # Normalization in the MLP heads: "BN", "SyncBN" (multi-GPU) or "".
+    _C.MODEL.SOCO.HEAD_NORM = "BN"
+    # Views ("SoCoMapper"): V1 = whole image at VIEW_SIZE, V2 = a random crop at VIEW_SIZE,
+    # V3 = V2 at SMALL_VIEW_SIZE, SoCo*'s V4 = another crop at EXTRA_VIEW_SIZE (0 = no V4).
+    _C.INPUT.SOCO = CN()
+    _C.INPUT.SOCO.VIEW_SIZE = 224
+    _C.INPUT.SOCO.SMALL_VIEW_SIZE = 112
+    _C.INPUT.SOCO.EXTRA_VIEW_SIZE = 0
+    # Area fraction (of the image) and aspect-ratio ranges of the V2 / V4 crops (SoCo: 0.5-1).
+    _C.INPUT.SOCO.CROP_SCALE = (0.5, 1.0)
+    _C.INPUT.SOCO.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    # Proposals per image (K); each is visible in every view (repeated when fewer exist).
+    _C.INPUT.SOCO.NUM_PROPOSALS = 4
+    # A proposal is kept when at least this fraction of its area lies inside every crop.
+    _C.INPUT.SOCO.MIN_VISIBLE = 0.5
+    # ... and its clipped box is at least this many pixels wide and high in every view.
+    _C.INPUT.SOCO.MIN_BOX_SIZE = 8
+    # Crops are redrawn up to this many times while fewer than NUM_PROPOSALS proposals qualify.
+    _C.INPUT.SOCO.MAX_TRIES = 10
+    # Box jitter of V1's boxes (SoCo: prob 0.5, ratio 0.1): x, y move by U(-r, r) * w, h;
+    # w, h change by U(-r, r) * themselves.
+    _C.INPUT.SOCO.JITTER_PROB = 0.5
+    _C.INPUT.SOCO.JITTER_RATIO = 0.1
+    # An image without proposals gets this many random boxes (sqrt area 0.3-0.8 of the image's,
+    # aspect ratio 1/3-3), as SoCo's code does.
+    _C.INPUT.SOCO.RANDOM_PROPOSALS = 32
+    # Gaussian-blur sigma multiplier (BYOL's 0.1-2.0 is for 224 px views).
+    _C.INPUT.SOCO.SIGMA_SCALE = 1.0
 
 
 def add_fastmoco_config(cfg):
     """Fast-MoCo (ECCV 2022) and MoCo v3: combinatorial patches, InfoNCE."""
+    _C = cfg
+    _C.MODEL.FASTMOCO = CN()
+    # "mean" (the paper), "weighted" (random convex weights), "max", or "off" (= MoCo v3).
+    _C.MODEL.FASTMOCO.COMBINE = "mean"
+    # m: each view is divided into m x m non-overlapping patches.
+    _C.MODEL.FASTMOCO.NUM_SPLITS = 2
+    # n: every n-subset of a view's m*m patch embeddings is combined (2 of 4 -> 6 combinations).
+    _C.MODEL.FASTMOCO.COMBINE_SIZE = 2
+    # "other": combinations of view 1 predict view 2's target (the paper); "same": view 1's.
+    _C.MODEL.FASTMOCO.TARGET_VIEW = "other"
+    # InfoNCE temperature tau (the loss is scaled by 2 * tau, as MoCo v3).
+    _C.MODEL.FASTMOCO.TEMPERATURE = 1.0
+    # Backbone feature that is globally pooled into the embedding.
+    _C.MODEL.FASTMOCO.IN_FEATURE = "res5"
+    # Projector: PROJ_LAYERS Linear layers, hidden HIDDEN_DIM, output PROJ_DIM, BN after the last.
+    _C.MODEL.FASTMOCO.PROJ_DIM = 256
+    _C.MODEL.FASTMOCO.HIDDEN_DIM = 4096
+    _C.MODEL.FASTMOCO.PROJ_LAYERS = 2
+    # Predictor: PRED_LAYERS Linear layers, PROJ_DIM -> HIDDEN_DIM -> PROJ_DIM.
+    _C.MODEL.FASTMOCO.PRED_LAYERS = 2
+    # Normalization in the MLP heads: "BN", "SyncBN" (multi-GPU) or "".
+    _C.MODEL.FASTMOCO.HEAD_NORM = "BN"
+    # Take negatives (keys) from every process, as MoCo v3.
+    _C.MODEL.FASTMOCO.GATHER_KEYS = True
+    # Two-view mapper ("TwoViewMapper"): random resized crops + BYOL/MoCo v3 photometric views.
+    _C.INPUT.TWO_VIEW = CN()
+    # Side of each (square) view in pixels; must be divisible by MODEL.FASTMOCO.NUM_SPLITS.
+    _C.INPUT.TWO_VIEW.SIZE = 224
+    # Area fraction range of the random resized crop (MoCo v3 ResNet: 0.08-1).
+    _C.INPUT.TWO_VIEW.SCALE = (0.08, 1.0)
+    # Aspect-ratio range of the random resized crop.
+    _C.INPUT.TWO_VIEW.RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    # Gaussian-blur sigma multiplier (BYOL's 0.1-2.0 is for 224 px views).
+    _C.INPUT.TWO_VIEW.SIGMA_SCALE = 1.0
 
 
 def add_jigsaw_config(cfg):
     """Montage (jigsaw) pre-training (ECCV 2020) with ERF-adaptive dense classification."""
+    _C = cfg
+    # json cache of the extracted samples (tools/extract_jigsaw_samples.py; made on first use).
+    _C.DATASETS.JIGSAW_SAMPLES = ""
+    _C.MODEL.JIGSAW = CN()
+    # Foreground classes of DATASETS.TRAIN; the classifier has one more output (background).
+    _C.MODEL.JIGSAW.NUM_CLASSES = 80
+    # ResNet output classified densely (one of MODEL.RESNETS.OUT_FEATURES).
+    _C.MODEL.JIGSAW.IN_FEATURE = "res5"
+    # "erf": ERF-adaptive dense classification; "block": one prediction per region (pooled);
+    # "global": global pooling against the area-weighted label (the paper's two baselines).
+    _C.MODEL.JIGSAW.MODE = "erf"
+    # Floor on the weight of the region holding a location, in the ERF-adaptive soft label.
+    _C.MODEL.JIGSAW.TAU = 0.5
+    # The ERF is re-measured on the current model every this many iterations (ERFRefresh hook).
+    _C.MODEL.JIGSAW.ERF_PERIOD = 5000
+    # Montages of the current batch used to measure the ERF.
+    _C.MODEL.JIGSAW.ERF_BATCH = 8
+    _C.INPUT.JIGSAW = CN()
+    # Montage side in pixels (a multiple of the feature stride, 32 for res5).
+    _C.INPUT.JIGSAW.SIZE = 224
+    # The 2x2 split point (top-left sample's size) is kept within this share of SIZE.
+    _C.INPUT.JIGSAW.SPLIT_RANGE = (0.25, 0.5)
+    # Positives per negative (background) sample; 0 = no negatives.
+    _C.INPUT.JIGSAW.POS_NEG_RATIO = 10.0
+    # An expanded positive is at most this many times the ground-truth box's side.
+    _C.INPUT.JIGSAW.MAX_EXPAND = 2.0
+    # Ground-truth boxes narrower or lower than this (pixels) give no positive.
+    _C.INPUT.JIGSAW.MIN_SIZE = 4
+    # Seed of the (one-off) sample extraction.
+    _C.INPUT.JIGSAW.EXTRACT_SEED = 0
 
 
 def add_spcl_config(cfg):
     """SpCL (NeurIPS 2020): hybrid memory, self-paced clustering, re-ID."""
+    _C = cfg
+    # [[name, root], ...]: Market-1501-style re-ID folders -> <name>_train, <name>_test.
+    _C.DATASETS.REID = []
+    # [[name, detection_data_set], ...]: every ground-truth box of a registered detection data
+    # set as one re-ID instance (crop).
+    _C.DATASETS.REID_CROPS = []
+    # Where the synthetic re-ID demo is generated; "" = $DETECTRON2_DATASETS/detpre_reid_demo.
+    _C.DATASETS.REID_DEMO_ROOT = ""
+    _C.MODEL.SPCL = CN()
+    # Names in DATASETS.TRAIN that are the labelled source domain; the others are target.
+    _C.MODEL.SPCL.SOURCE_DATASETS = []
+    # Memory size: source identities and target images of DATASETS.TRAIN. 0 = count them from
+    # the registered data sets when the model is built; set both to build it without the data
+    # (ClusterRefresh checks them against the data sets before training).
+    _C.MODEL.SPCL.NUM_SOURCE_CLASSES = 0
+    _C.MODEL.SPCL.NUM_TARGET_INSTANCES = 0
+    # Backbone output that is pooled into the embedding.
+    _C.MODEL.SPCL.IN_FEATURE = "res5"
+    # "avg" or "gem" (generalized mean pooling with exponent GEM_P).
+    _C.MODEL.SPCL.POOLING = "avg"
+    _C.MODEL.SPCL.GEM_P = 3.0
+    # Domain-specific BN (one set of BN statistics/affines for source, one for target).
+    _C.MODEL.SPCL.DSBN = False
+    # Temperature of the unified contrastive loss (the paper: 0.05).
+    _C.MODEL.SPCL.TEMPERATURE = 0.05
+    # Memory momentum m: entry <- m * entry + (1 - m) * batch feature (the paper: 0.2).
+    _C.MODEL.SPCL.MOMENTUM = 0.2
+    # Iterations between clusterings (one SpCL "epoch"; the paper: 400).
+    _C.MODEL.SPCL.CLUSTER_PERIOD = 400
+    # k-reciprocal Jaccard distance: k1 neighbours, k2 for query expansion (the paper: 30, 6).
+    _C.MODEL.SPCL.K1 = 30
+    _C.MODEL.SPCL.K2 = 6
+    # DBSCAN radius, gap to the tighter/looser radii of the reliability criterion, min samples.
+    _C.MODEL.SPCL.EPS = 0.6
+    _C.MODEL.SPCL.EPS_GAP = 0.02
+    _C.MODEL.SPCL.MIN_SAMPLES = 4
+    # Self-paced reliability criterion (independence + compactness); False keeps every cluster.
+    _C.MODEL.SPCL.RELIABILITY = True
+    # Quantile of 1 - IoU_indep over clusters, fixed at the first clustering, above which a
+    # cluster is split into outliers (the paper: 0.9).
+    _C.MODEL.SPCL.INDEP_QUANTILE = 0.9
+    # "first": extract target features once, then cluster the memory (the paper); "every":
+    # re-extract them before every clustering.
+    _C.MODEL.SPCL.EXTRACT = "first"
+    # Images per forward pass when extracting features for the memory.
+    _C.MODEL.SPCL.EXTRACT_BATCH_SIZE = 64
+    # Re-ID mapper ("ReIDMapper"): fixed (height, width), random flip probability, pad-and-crop
+    # padding (px), random erasing probability, random-resized-crop area range ((1, 1) = off).
+    _C.INPUT.REID = CN()
+    _C.INPUT.REID.SIZE = (256, 128)
+    _C.INPUT.REID.FLIP_PROB = 0.5
+    _C.INPUT.REID.PAD = 10
+    _C.INPUT.REID.ERASING_PROB = 0.5
+    _C.INPUT.REID.CROP_SCALE = (1.0, 1.0)
+    # Random rotation up to this many degrees, and per-channel gain in [1 - g, 1 + g] (0 = off;
+    # not in SpCL's person recipe, useful for objects seen at any pose / colour cast).
+    _C.INPUT.REID.ROTATION = 0.0
+    _C.INPUT.REID.CHANNEL_GAIN = 0.0
 
 
 def add_self_training_config(cfg):
     """Self-training (NeurIPS 2020): teacher pseudo-labels, strong-augmentation student."""
+    _C = cfg
+    _C.SELF_TRAINING = CN()
+    # On: the train loader mixes DATASETS.TRAIN with PSEUDO_DATASETS (build_self_training_loader).
+    _C.SELF_TRAINING.ENABLED = False
+    # Registered pseudo-labeled data sets (e.g. a tools/generate_pseudo_labels.py json in DATASETS.COCO).
+    _C.SELF_TRAINING.PSEUDO_DATASETS = ()
+    # Pseudo-labeled images per labeled image in each batch (1.0 = the paper's 1:1).
+    _C.SELF_TRAINING.PSEUDO_RATIO = 1.0
+    # Student augmentation of the pseudo stream: "S1" flip + scale jitter 0.8-1.2 crop, "S2" S1 +
+    # AutoAugment, "S3" AutoAugment + scale jitter 0.5-2.0, "S4" RandAugment + 0.5-2.0, "none".
+    _C.SELF_TRAINING.AUGMENT = "S1"
+    # Same for the labeled stream; "" = AUGMENT.
+    _C.SELF_TRAINING.LABELED_AUGMENT = ""
+    # Side of the square scale-jitter crop (pixels); images are resized then cropped/padded to it.
+    _C.SELF_TRAINING.IMAGE_SIZE = 1024
+    # RandAugment (S4): number of ops per image and their shared magnitude (0-10).
+    _C.SELF_TRAINING.RANDAUG_N = 2
+    _C.SELF_TRAINING.RANDAUG_M = 9
+    # Loss normalization (the paper): L = (L_h + a * (avg L_h / avg L_p) * L_p) / (1 + a).
+    _C.SELF_TRAINING.LOSS_NORM = True
+    # a: weight of the pseudo-labeled stream's loss.
+    _C.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
+    # EMA momentum of the moving averages avg L_h, avg L_p (initialized with the first values).
+    _C.SELF_TRAINING.LOSS_NORM_MOMENTUM = 0.99
+    # Pseudo-label score threshold (the paper's hard threshold) and optional per-class ones
+    # (a list of NUM_CLASSES floats, contiguous class order; [] = SCORE_THRESHOLD for all).
+    _C.SELF_TRAINING.SCORE_THRESHOLD = 0.5
+    _C.SELF_TRAINING.CLASS_THRESHOLDS = []
+    # PseudoLabel hook: relabel UNLABELED_DATASET with the current model every REFRESH_PERIOD
+    # iterations (0 = never); jsons go to OUTPUT_DIR/pseudo_labels/.
+    _C.SELF_TRAINING.REFRESH_PERIOD = 0
+    _C.SELF_TRAINING.UNLABELED_DATASET = ""
+    # Images per inference batch when pseudo-labelling.
+    _C.SELF_TRAINING.LABEL_BATCH_SIZE = 4
 
 
 def add_detpre_config(cfg):

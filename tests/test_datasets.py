@@ -16,10 +16,16 @@ from detpre.data.datasets import guess_voc_year, register_from_config
 
 @pytest.fixture
 def catalog():
-    """Remove whatever a test registers, so names never clash across tests."""
+    """Remove whatever a test registers, so names never clash across tests. The demo names are
+    dropped first too: tests here register them at a temporary root."""
+    _drop(n for n in DatasetCatalog.list() if n.startswith(("detpre_demo_", "detpre_reid_demo_")))
     before = set(DatasetCatalog.list())
     yield
-    for name in set(DatasetCatalog.list()) - before:
+    _drop(set(DatasetCatalog.list()) - before)
+
+
+def _drop(names):
+    for name in list(names):
         DatasetCatalog.remove(name)
         if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)

@@ -9,7 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detpre.modeling.momentum import MomentumTarget, momentum_at
 from detpre.registry import HOOK_REGISTRY
 
-__all__ = ["MomentumUpdate", "unwrap_model"]
+__all__ = ["MomentumUpdate", "ERFRefresh", "unwrap_model"]
 
 
 def unwrap_model(model):
@@ -54,3 +54,31 @@ class MomentumUpdate(HookBase):
         model = unwrap_model(self.trainer.model)
         model.target.update(model, m)
         self.trainer.storage.put_scalar("momentum", m, smoothing_hint=False)
+
+
+@HOOK_REGISTRY.register()
+class ERFRefresh(HookBase):
+    """
+    Montage pre-training: every ``period`` iterations (from iteration 0) ask the model to
+    re-measure its effective receptive field on that step's montages (``JigsawPretrain``).
+    The ERF in use is a model buffer, so a resumed run continues with the same one.
+    """
+
+    @configurable
+    def __init__(self, *, period):
+        if period <= 0:
+            raise ValueError(f"MODEL.JIGSAW.ERF_PERIOD={period}: must be positive")
+        self.period = int(period)
+
+    @classmethod
+    def from_config(cls, cfg, trainer=None):
+        return {"period": cfg.MODEL.JIGSAW.ERF_PERIOD}
+
+    def before_train(self):
+        if not hasattr(unwrap_model(self.trainer.model), "request_erf_refresh"):
+            raise TypeError("DETPRE.HOOKS has ERFRefresh but the model cannot refresh an ERF; "
+                            "use MODEL.META_ARCHITECTURE JigsawPretrain or remove the hook.")
+
+    def before_step(self):
+        if self.trainer.iter % self.period == 0:
+            unwrap_model(self.trainer.model).request_erf_refresh()

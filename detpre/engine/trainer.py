@@ -39,6 +39,18 @@ class Trainer(DefaultTrainer):
         if hasattr(loader, "set_start_iter"):
             loader.set_start_iter(self.start_iter)
 
+    # detectron2 v0.6's DefaultTrainer checkpoints no optimizer state (later versions do): without
+    # this, --resume restarts SGD/LARS momentum and the resumed run drifts from the uninterrupted one.
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_train_loader(cfg)

@@ -1,11 +1,12 @@
 """
 ``register_from_config(cfg)``: register every data set the config names (DATASETS.COCO,
-DATASETS.VOC, DATASETS.FOLDER) and the demo, so a user's own data needs no Python.
+DATASETS.VOC, DATASETS.FOLDER, the re-ID keys) and the demos, so a user's own data needs no Python.
 Called by the entry points after the config is built, never at import time.
 """
 from .coco import register_coco
 from .demo import demo_root, register_demo
 from .folder import register_image_folder
+from .reid import register_reid_from_config
 from .voc import VOC_CLASS_NAMES, register_voc
 
 __all__ = ["register_from_config"]
@@ -37,3 +38,5 @@ def register_from_config(cfg):
     for source, (name, image_dir) in _entries(cfg, "FOLDER", (2,), "[name, image_dir]"):
         register_image_folder(name, image_dir, source=source)
     register_demo(demo_root(cfg))
+    # re-ID sets last: crops of detection data sets read the ones registered above
+    register_reid_from_config(cfg)

@@ -1,0 +1,149 @@
+"""
+Transfer at equal pretraining time: each pretraining config is trained for the same wall-clock
+budget, exported, and the same fine-tuning config is trained from each export and from random
+init; the table puts pretraining cost (seconds, images/s) next to box/mask AP.
+
+"Same budget" is met by timing each config's iterations with ``benchmark_pretrain`` (the
+pretraining cost benchmark) and setting SOLVER.MAX_ITER to budget / (s/iter), with the LR
+schedule (STEPS, warm-up) scaled to it, so every run finishes its schedule rather than being
+cut mid-way. Training runs as ``tools/train_net.py`` in a subprocess (what a user would type);
+each step is skipped when its output exists and resumes when it was killed. The reported cost
+is the pretraining run's own logged step time x iterations.
+"""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+__all__ = ["schedule_opts", "seconds_per_iter", "final_metrics", "run_transfer_benchmark"]
+
+
+def schedule_opts(cfg, iters):
+    """Config overrides that fit ``cfg``'s LR schedule into ``iters`` iterations."""
+    ratio = iters / float(cfg.SOLVER.MAX_ITER)
+    steps = tuple(sorted({max(1, min(iters - 1, int(round(s * ratio)))) for s in cfg.SOLVER.STEPS}))
+    warmup = min(int(round(cfg.SOLVER.WARMUP_ITERS * ratio)), iters // 2)
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps),
+            "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(iters)]
+
+
+def _records(out_dir):
+    path = os.path.join(out_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def seconds_per_iter(out_dir):
+    """Median training-step time detectron2 logged in ``out_dir/metrics.json`` (data included)."""
+    times = [r["time"] for r in _records(out_dir) if "time" in r]
+    if not times:
+        raise RuntimeError(f"{out_dir}/metrics.json has no step times: the run logged nothing; "
+                           "see its log.txt")
+    return float(statistics.median(times))
+
+
+def final_metrics(out_dir):
+    """The last evaluation record (with bbox/AP) in ``out_dir/metrics.json``, or {}."""
+    found = {}
+    for r in _records(out_dir):
+        if "bbox/AP" in r:
+            found = r
+    return found
+
+
+def _run(cmd, log):
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    print("$ " + " ".join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
+    t = time.time()
+    with open(log, "a") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        with open(log) as f:
+            tail = "".join(f.readlines()[-30:])
+        raise RuntimeError(f"command failed (exit {rc}); last lines of {log}:\n{tail}")
+    return time.time() - t
+
+
+def _train(config, out_dir, opts):
+    if os.path.isfile(os.path.join(out_dir, "model_final.pth")):
+        return None  # done before
+    return _run([sys.executable, "tools/train_net.py", "--config-file", config, "--resume",
+                 "OUTPUT_DIR", out_dir, *opts], os.path.join(out_dir, "log_benchmark.txt"))
+
+
+def _export(checkpoint, path):
+    from detpre.checkpoint import export_weights, load_detpre_checkpoint, save_model_zoo_file
+
+    if not os.path.isfile(path):
+        state, _ = load_detpre_checkpoint(checkpoint)
+        save_model_zoo_file(export_weights(state, "mask_rcnn"), path)
+    return path
+
+
+def _calibrate(cfg, path, iters):
+    """Seconds per iteration of ``cfg`` (cached in ``path``)."""
+    from .pretrain_benchmark import benchmark_pretrain
+
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["iteration_s"]
+    result = benchmark_pretrain(cfg, iters=iters, warmup=min(3, iters - 1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _write_json(path, result)
+    return result["iteration_s"]
+
+
+def _write_json(path, data):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_transfer_benchmark(pretrain_configs, budget_s, finetune_config, output_dir,
+                           calibration_iters=20, random_init=True, finetune_opts=()):
+    """Run the benchmark; returns the rows (dicts) and prints the table."""
+    from tabulate import tabulate
+
+    from detpre.config import get_detpre_cfg
+
+    os.makedirs(output_dir, exist_ok=True)
+    rows = []
+    if random_init:
+        rows.append({"init": "random init", "config": "-"})
+    for config in pretrain_configs:
+        name = os.path.splitext(os.path.basename(config))[0]
+        cfg = get_detpre_cfg()
+        cfg.merge_from_file(config)
+        base = os.path.join(output_dir, name)
+        spi = _calibrate(cfg, os.path.join(base, "calibration.json"), calibration_iters)
+        iters = max(1, int(math.floor(budget_s / spi)))
+        wall = _train(config, os.path.join(base, "pretrain"), schedule_opts(cfg, iters))
+        pre_spi = seconds_per_iter(os.path.join(base, "pretrain"))
+        weights = _export(os.path.join(base, "pretrain", "model_final.pth"),
+                          os.path.join(base, "export_mask_rcnn.pkl"))
+        rows.append({"init": name, "config": config, "iters": iters, "weights": weights,
+                     "pretrain_s": round(pre_spi * iters, 1),
+                     "pretrain_wall_s": None if wall is None else round(wall, 1),
+                     "images_per_s": round(cfg.SOLVER.IMS_PER_BATCH / pre_spi, 1)})
+    for row in rows:
+        out = os.path.join(output_dir, row["init"].replace(" ", "_"), "finetune")
+        opts = ["MODEL.WEIGHTS", row["weights"]] if "weights" in row else []
+        _train(finetune_config, out, [*opts, *finetune_opts])
+        m = final_metrics(out)
+        row.update({"box_AP": m.get("bbox/AP"), "box_AP50": m.get("bbox/AP50"),
+                    "mask_AP": m.get("segm/AP"), "finetune_dir": out})
+    _write_json(os.path.join(output_dir, "benchmark_transfer.json"),
+                {"budget_s": budget_s, "finetune_config": finetune_config, "rows": rows})
+    table = [[r["init"], r.get("iters", "-"), r.get("pretrain_s", "-"), r.get("images_per_s", "-"),
+              r["box_AP"], r["box_AP50"], r["mask_AP"]] for r in rows]
+    print(f"\nFine-tuning {finetune_config} after {budget_s:.0f}s of pretraining each:")
+    print(tabulate(table, headers=["init", "pretrain iters", "pretrain s", "images/s", "box AP",
+                                   "box AP50", "mask AP"], floatfmt=".2f", tablefmt="github"))
+    return rows

@@ -1,0 +1,191 @@
+"""
+Label-free-pretraining check of a backbone: kNN accuracy (InstDisc / MoCo protocol: cosine
+similarity, top-k neighbours weighted by ``exp(sim / T)``) and a linear probe (multinomial
+logistic regression on frozen features) on object crops cut from a labeled detection data set's
+ground-truth boxes. Features: the global-average-pooled last ResNet stage. Shared by every method.
+"""
+import json
+import logging
+import os
+import pickle
+import tempfile
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.data import detection_utils as utils
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import build_resnet_backbone
+from detectron2.structures import BoxMode
+
+from detpre.checkpoint import export_weights, load_detpre_checkpoint
+
+__all__ = [
+    "extract_crops", "read_backbone_weights", "build_probe_backbone", "extract_features",
+    "knn_predict", "linear_probe", "evaluate_backbone", "write_json",
+]
+
+PREFIX = "backbone.bottom_up."
+
+
+def extract_crops(dataset_dicts, size=64, min_box=8, image_format="RGB", dataset_name="data set"):
+    """
+    Every non-crowd ground-truth box of at least ``min_box`` px per side, cropped and resized to
+    ``size`` x ``size``. Returns ``(crops, labels)``: uint8 (N, 3, size, size) in ``image_format``
+    and int64 (N,) contiguous category ids.
+    """
+    crops, labels = [], []
+    for d in dataset_dicts:
+        anns = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not anns:
+            continue
+        image = utils.read_image(d["file_name"], format=image_format)
+        h, w = image.shape[:2]
+        for a in anns:
+            x0, y0, x1, y1 = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
+            x0, y0 = int(max(0, np.floor(x0))), int(max(0, np.floor(y0)))
+            x1, y1 = int(min(w, np.ceil(x1))), int(min(h, np.ceil(y1)))
+            if x1 - x0 < min_box or y1 - y0 < min_box:
+                continue
+            crop = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (size, size),
+                              interpolation=cv2.INTER_LINEAR)
+            crops.append(crop.transpose(2, 0, 1))
+            labels.append(int(a["category_id"]))
+    if not crops:
+        raise ValueError(
+            f"{dataset_name}: no ground-truth boxes of at least {min_box} px; the probe needs a "
+            "labeled detection data set (e.g. detpre_demo_train / detpre_demo_val).")
+    return torch.as_tensor(np.stack(crops)), torch.as_tensor(labels, dtype=torch.long)
+
+
+def read_backbone_weights(path, use_target=False):
+    """
+    ResNet weights (keys without ``backbone.bottom_up.``) from a detectron2-format ``.pkl``
+    (tools/convert_pretrained.py's export, or any model-zoo file) or a detpre checkpoint ``.pth``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (pass a .pkl export or a detpre .pth checkpoint)")
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            try:
+                data = pickle.load(f, encoding="latin1")
+            except Exception as e:
+                raise ValueError(f"{path}: not a readable pickle ({e})") from e
+        state = data.get("model", data) if isinstance(data, dict) else None
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: expected a detectron2 model-zoo dict with a 'model' entry")
+    else:
+        state, _ = load_detpre_checkpoint(path)
+        state = export_weights(state, "backbone", use_target=use_target)
+    out = {k[len(PREFIX):]: torch.as_tensor(np.asarray(v)) for k, v in state.items() if k.startswith(PREFIX)}
+    if not out:
+        raise ValueError(f"{path}: no '{PREFIX}*' weights; export it with tools/convert_pretrained.py")
+    return out
+
+
+def build_probe_backbone(cfg, weights="", use_target=False):
+    """``cfg``'s ResNet (MODEL.RESNETS.*) in eval mode, loaded from ``weights`` ("" = random init)."""
+    backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+    if weights:
+        state = read_backbone_weights(weights, use_target)
+        own = backbone.state_dict()
+        bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+        if bad or missing:
+            raise ValueError(
+                f"{weights}: does not fit the config's ResNet (MODEL.RESNETS.*): "
+                f"{len(missing)} missing (e.g. {missing[:3]}), {len(bad)} of another shape "
+                f"(e.g. {bad[:3]}); use the config the backbone was pretrained with.")
+        backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return backbone.eval()
+
+
+@torch.no_grad()
+def extract_features(backbone, crops, pixel_mean, pixel_std, in_feature="res5", batch_size=64):
+    """L2-normalized global-average-pooled ``in_feature`` of uint8 crops: (N, D) float32."""
+    device = next(backbone.parameters()).device
+    mean = torch.as_tensor(pixel_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.as_tensor(pixel_std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    feats = []
+    for i in range(0, len(crops), batch_size):
+        x = (crops[i:i + batch_size].to(device).float() - mean) / std
+        feats.append(backbone(x)[in_feature].mean(dim=(2, 3)).float().cpu())
+    return F.normalize(torch.cat(feats), dim=1)
+
+
+def knn_predict(train_feats, train_labels, test_feats, num_classes, k=200, temperature=0.07):
+    """InstDisc's weighted kNN on L2-normalized features: class score = sum over the top-k
+    neighbours of that class of ``exp(cos / T)``. Returns (N_test,) predicted labels."""
+    sim = test_feats @ train_feats.t()
+    k = min(k, train_feats.shape[0])
+    top_sim, top_idx = sim.topk(k, dim=1)
+    weights = (top_sim / temperature).exp()
+    scores = torch.zeros(test_feats.shape[0], num_classes, dtype=weights.dtype)
+    scores.scatter_add_(1, train_labels[top_idx], weights)
+    return scores.argmax(dim=1)
+
+
+def linear_probe(train_feats, train_labels, test_feats, num_classes, weight_decay=1e-4, max_iter=100):
+    """Multinomial logistic regression (L2-regularized, L-BFGS, features standardized with the
+    training statistics) on frozen features. Returns (N_test,) predicted labels."""
+    mean, std = train_feats.mean(0), train_feats.std(0).clamp_min(1e-6)
+    x, xt = (train_feats - mean) / std, (test_feats - mean) / std
+    with torch.enable_grad():
+        W = torch.zeros(x.shape[1], num_classes, requires_grad=True)
+        b = torch.zeros(num_classes, requires_grad=True)
+        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(x @ W + b, train_labels) + weight_decay * (W * W).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    with torch.no_grad():
+        return (xt @ W + b).argmax(dim=1)
+
+
+def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=200, temperature=0.07,
+                      linear=True, use_target=False, in_feature="res5", backbone=None):
+    """
+    kNN (and linear-probe) top-1 accuracy of ``weights`` (or of a given ``backbone`` module) with
+    ``cfg``'s ResNet definition, crops from ``train_dicts`` as the labeled memory / training set
+    and ``test_dicts``' crops as queries. Returns a dict of metrics (accuracies in %).
+    """
+    fmt = cfg.INPUT.FORMAT
+    tr_x, tr_y = extract_crops(train_dicts, crop_size, image_format=fmt, dataset_name="train set")
+    te_x, te_y = extract_crops(test_dicts, crop_size, image_format=fmt, dataset_name="test set")
+    num_classes = int(max(tr_y.max(), te_y.max())) + 1
+    if backbone is None:
+        backbone = build_probe_backbone(cfg, weights, use_target)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        f_tr = extract_features(backbone, tr_x, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, in_feature)
+        f_te = extract_features(backbone, te_x, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, in_feature)
+    finally:
+        backbone.train(was_training)
+    res = {"num_train": len(tr_y), "num_test": len(te_y), "num_classes": num_classes}
+    pred = knn_predict(f_tr, tr_y, f_te, num_classes, k, temperature)
+    res["knn_top1"] = 100.0 * (pred == te_y).float().mean().item()
+    if linear:
+        pred = linear_probe(f_tr, tr_y, f_te, num_classes)
+        res["linear_top1"] = 100.0 * (pred == te_y).float().mean().item()
+    logging.getLogger(__name__).info("backbone probe: %s", res)
+    return res
+
+
+def write_json(obj, path):
+    """Write ``obj`` as JSON to a temporary name in the same folder, then rename (atomic)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

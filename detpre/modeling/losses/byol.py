@@ -1,0 +1,37 @@
+"""
+BYOL's regression loss (Grill et al., 2020): ``2 - 2 * cos(p, z)`` between an online
+prediction ``p`` and a target projection ``z`` (no gradient to the target). SoCo applies it per
+proposal, summed over an image's proposals and averaged over images.
+"""
+import torch.nn.functional as F
+from torch import nn
+
+from detpre.registry import LOSS_REGISTRY
+
+__all__ = ["byol_loss", "BYOLLoss"]
+
+
+def byol_loss(p, z):
+    """
+    Args:
+        p: (B, d) or (B, K, d) online predictions (B images, K proposals each).
+        z: target projections of the same shape; detached here.
+    Returns:
+        ``sum_k (2 - 2 cos(p_bk, z_bk))`` averaged over the B images (a scalar, float32).
+    """
+    if p.shape != z.shape or p.dim() not in (2, 3):
+        raise ValueError(f"byol_loss: p {tuple(p.shape)} and z {tuple(z.shape)} must both be (B, [K,] d)")
+    p = F.normalize(p.float(), dim=-1)
+    z = F.normalize(z.detach().float(), dim=-1)
+    per = 2 - 2 * (p * z).sum(dim=-1)  # (B,) or (B, K)
+    if per.dim() == 2:
+        per = per.sum(dim=1)
+    return per.mean()
+
+
+@LOSS_REGISTRY.register()
+class BYOLLoss(nn.Module):
+    """``byol_loss`` as a module, for methods that pick their loss from the registry."""
+
+    def forward(self, p, z):
+        return byol_loss(p, z)

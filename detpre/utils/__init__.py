@@ -1,0 +1,1 @@
+"""Small utilities shared by detpre's methods (distributed gathering, ...)."""

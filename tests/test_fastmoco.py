@@ -1,0 +1,164 @@
+"""Fast-MoCo / MoCo v3 meta-architecture: divide, combine, loss, MoCo v3 equivalence, training."""
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
+
+from detpre.checkpoint import coverage_report, export_weights
+from detpre.config import get_detpre_cfg
+from detpre.modeling.heads import MLP
+from detpre.modeling.meta_arch.fastmoco import FastMoCo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_resnet():
+    stem = BasicStem(3, 8, norm="BN")
+    stages = [
+        ResNet.make_stage(BasicBlock, 1, stride_per_block=[1], in_channels=8, out_channels=8, norm="BN"),
+        ResNet.make_stage(BasicBlock, 1, stride_per_block=[2], in_channels=8, out_channels=16, norm="BN"),
+    ]
+    return ResNet(stem, stages, out_features=["res3"])
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    args = dict(bottom_up=tiny_resnet(), projector=MLP(16, 32, 8, 2, "BN", last_norm=True),
+                predictor=MLP(8, 32, 8, 2, "BN"), pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3,
+                in_feature="res3", gather_keys=False)
+    args.update(kw)
+    return FastMoCo(**args)
+
+
+def numpy_infonce(q, k, t):
+    """Hand-written loop: q (B, C, d), k (B, d); mean over (b, c) of -log softmax, times 2t."""
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    losses = []
+    for b in range(q.shape[0]):
+        for c in range(q.shape[1]):
+            logits = np.array([q[b, c] @ k[j] / t for j in range(k.shape[0])])
+            losses.append(-(logits[b] - np.log(np.exp(logits).sum())))
+    return 2 * t * np.mean(losses)
+
+
+def test_divide_puts_patch_p_of_image_b_at_row_b_m2_plus_p():
+    model = tiny_model(num_splits=3, combine_size=2)
+    x = torch.randn(2, 3, 13, 12)  # 13 not divisible by 3: the last row is dropped
+    patches = model.divide(x)
+    assert patches.shape == (2 * 9, 3, 4, 4)
+    for b, i, j in itertools.product(range(2), range(3), range(3)):
+        torch.testing.assert_close(patches[b * 9 + i * 3 + j], x[b, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4])
+
+
+def test_combinations_are_every_n_subset_and_each_is_the_mean_of_its_patches():
+    model = tiny_model(num_splits=2, combine_size=2)
+    assert model.combinations.tolist() == [list(c) for c in itertools.combinations(range(4), 2)]
+    emb = torch.randn(3, 4, 5)
+    z = model.combine(emb)
+    assert z.shape == (3, 6, 5)
+    for c, idx in enumerate(model.combinations.tolist()):
+        torch.testing.assert_close(z[:, c], (emb[:, idx[0]] + emb[:, idx[1]]) / 2)
+    model.combine_mode = "max"
+    z = model.combine(emb)
+    for c, idx in enumerate(model.combinations.tolist()):
+        torch.testing.assert_close(z[:, c], torch.maximum(emb[:, idx[0]], emb[:, idx[1]]))
+    model.combine_mode = "weighted"
+    z = model.combine(emb)
+    parts = emb[:, model.combinations]  # a convex combination lies between min and max
+    assert (z >= parts.amin(2) - 1e-6).all() and (z <= parts.amax(2) + 1e-6).all()
+    assert not torch.allclose(z, parts.mean(2))
+    assert tiny_model(num_splits=2, combine_size=3).combinations.shape == (4, 3)
+
+
+def test_query_encodes_patches_in_one_batch_and_returns_one_prediction_per_combination():
+    model = tiny_model()
+    q = model.query(torch.randn(4, 3, 32, 32))
+    assert q.shape == (4, 6, 8)
+    k = model.key(torch.randn(4, 3, 32, 32))
+    assert k.shape == (4, 8) and not k.requires_grad
+    assert tiny_model(combine="off").query(torch.randn(4, 3, 32, 32)).shape == (4, 1, 8)
+
+
+@pytest.mark.parametrize("t", [1.0, 0.2])
+def test_loss_is_the_symmetrized_infonce_against_the_other_or_same_view(t):
+    torch.manual_seed(1)
+    q1, q2 = torch.randn(4, 6, 8), torch.randn(4, 6, 8)
+    k1, k2 = torch.randn(4, 8), torch.randn(4, 8)
+    n = lambda a: a.double().numpy()  # noqa: E731
+    other = tiny_model(temperature=t).loss(q1, q2, k1, k2).item()
+    assert other == pytest.approx(numpy_infonce(n(q1), n(k2), t) + numpy_infonce(n(q2), n(k1), t), rel=1e-5)
+    same = tiny_model(temperature=t, target_view="same").loss(q1, q2, k1, k2).item()
+    assert same == pytest.approx(numpy_infonce(n(q1), n(k1), t) + numpy_infonce(n(q2), n(k2), t), rel=1e-5)
+    assert other != pytest.approx(same)
+
+
+def _batch(n=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"views": [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+                       for _ in range(2)]} for _ in range(n)]
+
+
+def test_combine_off_is_moco_v3():
+    model = tiny_model(combine="off", temperature=0.5)
+    batch = _batch()
+    loss = model(batch)["loss_infonce"]
+    x1, x2 = (torch.stack([d["views"][i] for d in batch]).float() for i in range(2))
+    pool = lambda bb, x: bb(x)["res3"].mean(dim=(2, 3))  # noqa: E731
+    q1 = model.predictor(model.projector(pool(model.backbone.bottom_up, x1)))
+    q2 = model.predictor(model.projector(pool(model.backbone.bottom_up, x2)))
+    with torch.no_grad():
+        k1 = model.target.projector(pool(model.target.backbone.bottom_up, x1))
+        k2 = model.target.projector(pool(model.target.backbone.bottom_up, x2))
+    n = lambda a: a.detach().double().numpy()[:, None] if a.dim() == 2 else a.detach().double().numpy()  # noqa: E731
+    ref = numpy_infonce(n(q1), n(k2)[:, 0], 0.5) + numpy_infonce(n(q2), n(k1)[:, 0], 0.5)
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_a_few_steps_lower_the_loss_and_move_the_target():
+    model = tiny_model()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    batch = _batch(n=8)
+    target0 = model.target.backbone.bottom_up.stem.conv1.weight.clone()
+    losses = []
+    for _ in range(12):
+        loss = model(batch)["loss_infonce"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.target.update(model, 0.9)
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < losses[0] - 0.05, losses
+    assert not torch.equal(target0, model.target.backbone.bottom_up.stem.conv1.weight)
+    # every trainable parameter gets a gradient (DDP without find_unused_parameters)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in model.target.parameters())
+
+
+def test_bad_options_fail_clearly():
+    with pytest.raises(ValueError, match="COMBINE"):
+        tiny_model(combine="median")
+    with pytest.raises(ValueError, match="COMBINE_SIZE"):
+        tiny_model(num_splits=2, combine_size=5)
+    with pytest.raises(ValueError, match="TARGET_VIEW"):
+        tiny_model(target_view="both")
+
+
+def test_demo_config_builds_and_its_backbone_exports_into_the_tiny_mask_rcnn():
+    cfg = get_detpre_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs/demo/fastmoco_R18_tiny.yaml"))
+    model = build_model(cfg)
+    assert isinstance(model, FastMoCo) and model.combinations.shape == (6, 2)
+    state = model.state_dict()
+    assert any(k.startswith("target.backbone.bottom_up.") for k in state)
+    weights = export_weights(state, "backbone")
+    det_cfg = get_detpre_cfg()
+    det_cfg.merge_from_file(os.path.join(REPO, "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"))
+    report = coverage_report(weights, build_model(det_cfg))
+    assert not report["shape_mismatch"] and not report["unused"]
+    assert len(report["filled"]) == len(weights) > 0
+    assert not [k for k in report["random_init"] if k.startswith("backbone.bottom_up.")]

@@ -1,0 +1,121 @@
+"""SoCoMapper: proposal k shows the same content in every view; boxes inside their views."""
+import numpy as np
+import pytest
+from detectron2.data import transforms as T
+from PIL import Image
+
+from detpre.config import get_detpre_cfg
+from detpre.data.mappers.soco import SoCoMapper, jitter_boxes, random_boxes, select_proposals
+
+H, W = 80, 96
+BACKGROUND = (128, 128, 128)
+# disjoint rectangles (XYXY), each painted in its own colour
+RECTS = np.array([[4, 4, 40, 36], [48, 6, 92, 40], [6, 44, 44, 76], [52, 46, 90, 74]], dtype=np.float32)
+COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+
+
+@pytest.fixture
+def painted(tmp_path):
+    img = np.full((H, W, 3), BACKGROUND, dtype=np.uint8)
+    for (x0, y0, x1, y1), c in zip(RECTS.astype(int), COLORS):
+        img[y0:y1, x0:x1] = c
+    path = str(tmp_path / "painted.png")
+    Image.fromarray(img).save(path)
+    return {"file_name": path, "image_id": 0, "height": H, "width": W, "proposal_boxes": RECTS.copy(),
+            "proposal_objectness_logits": -np.arange(4, dtype=np.float32), "proposal_bbox_mode": 0}
+
+
+def _mapper(extra=0, **kw):
+    n = 4 if extra else 3
+    args = dict(view_size=64, small_view_size=32, extra_view_size=extra, num_proposals=4, min_visible=0.5,
+                min_box_size=4, jitter_prob=0.0, image_format="RGB",
+                view_augmentations=[[T.RandomFlip(prob=0.5)] for _ in range(n)])
+    args.update(kw)
+    return SoCoMapper(**args)
+
+
+@pytest.mark.parametrize("extra", [0, 48])
+def test_each_proposal_shows_the_same_content_in_every_view(painted, extra):
+    mapper = _mapper(extra)
+    checked = 0
+    for seed in range(12):
+        np.random.seed(seed)
+        out = mapper(painted)
+        sizes = [64, 64, 32] + ([extra] if extra else [])
+        seen = {}
+        assert [tuple(v.shape) for v in out["views"]] == [(3, s, s) for s in sizes]
+        assert "proposal_boxes" not in out
+        for view, boxes, s in zip(out["views"], out["view_boxes"], sizes):
+            assert boxes.shape == (4, 4)
+            b = boxes.numpy()
+            assert (b >= 0).all() and (b <= s).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+            img = view.numpy().transpose(1, 2, 0).astype(int)
+            # the painted region proposal k's box shows, read in its interior (2 px from
+            # resampled edges); it must be one region, not background
+            for k, (x0, y0, x1, y1) in enumerate(b):
+                xa, ya, xb, yb = int(np.ceil(x0)) + 2, int(np.ceil(y0)) + 2, int(x1) - 2, int(y1) - 2
+                if xb <= xa or yb <= ya:
+                    continue
+                patch = img[ya:yb, xa:xb].reshape(-1, 3)
+                dist = np.abs(patch[:, None, :] - np.array(COLORS)[None]).max(axis=2)  # (pixels, regions)
+                region = int(np.argmin(dist.mean(axis=0)))
+                assert dist[:, region].max() <= 40, (seed, k, "box covers background or two regions")
+                seen.setdefault(k, set()).add(region)
+                checked += 1
+        assert all(len(r) == 1 for r in seen.values()), f"seed {seed}: a proposal shows different regions"
+    assert checked > 12 * 4 * 2
+
+
+def test_no_proposals_falls_back_to_random_boxes(painted):
+    d = dict(painted, proposal_boxes=np.zeros((0, 4), np.float32))
+    np.random.seed(0)
+    out = _mapper()(d)
+    for boxes, s in zip(out["view_boxes"], (64, 64, 32)):
+        assert boxes.shape == (4, 4) and (boxes >= 0).all() and (boxes <= s).all()
+
+
+def test_same_seed_same_views(painted):
+    mapper = SoCoMapper(view_size=64, small_view_size=32, image_format="RGB")  # BYOL augmentations
+    np.random.seed(3)
+    a = mapper(painted)
+    np.random.seed(3)
+    b = mapper(painted)
+    for x, y in zip(a["views"] + a["view_boxes"], b["views"] + b["view_boxes"]):
+        assert (x == y).all()
+
+
+def test_select_proposals_visibility_rule():
+    props = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [8, 0, 18, 10], [30, 30, 40, 40]], np.float32)
+    region = (0, 0, 12, 12)  # visible fractions: 1.0, 0.7, 0.4, 0.0
+    np.random.seed(0)
+    boxes, n = select_proposals(props, region, 2, min_visible=0.5, min_side=(1, 1))
+    assert n == 2
+    assert sorted(map(tuple, boxes.tolist())) == [(0, 0, 10, 10), (5, 0, 12, 10)]
+    boxes, n = select_proposals(props, region, 5, min_visible=0.5, min_side=(1, 1))
+    assert n == 2 and len(boxes) == 5  # repeated to the fixed number
+    assert select_proposals(props, region, 2, min_visible=0.5, min_side=(8, 1))[1] == 1  # (5, 12) is 7 wide
+    assert select_proposals(props[3:], region, 2, 0.5, (1, 1)) == (None, 0)
+
+
+def test_jitter_bounds_and_identity():
+    boxes = np.array([[20, 20, 60, 40]], np.float32)
+    assert (jitter_boxes(boxes, 0.0, 0.1, 100, 100) == boxes).all()
+    np.random.seed(0)
+    for _ in range(50):
+        j = jitter_boxes(boxes, 1.0, 0.1, 100, 100)[0]
+        assert abs(j[0] - 20) <= 4 + 1e-4 and abs(j[1] - 20) <= 2 + 1e-4  # x, y by <= r * w, r * h
+        assert 36 - 1e-4 <= j[2] - j[0] <= 44 + 1e-4 and 18 - 1e-4 <= j[3] - j[1] <= 22 + 1e-4
+
+
+def test_random_boxes_inside_image():
+    np.random.seed(0)
+    b = random_boxes(50, 70, 100)
+    assert b.shape == (100, 4)
+    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 70 + 1e-4).all() and (b[:, 3] <= 50 + 1e-4).all()
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+
+
+def test_config_without_proposals_fails_clearly():
+    cfg = get_detpre_cfg()
+    with pytest.raises(ValueError, match="PROPOSAL_FILES_TRAIN"):
+        SoCoMapper(cfg, True)
