@@ -11,33 +11,21 @@ import itertools
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.backbone import build_resnet_backbone
 from torch import nn
 
 from detpre.modeling.heads import MLP
 from detpre.modeling.losses.infonce import infonce_loss
+from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.momentum import MomentumTarget
 
-__all__ = ["FastMoCo", "BottomUpContainer", "COMBINE_MODES"]
+__all__ = ["FastMoCo", "COMBINE_MODES"]
 
 COMBINE_MODES = ("mean", "weighted", "max", "off")
 
 
-class BottomUpContainer(nn.Module):
-    """Holds a ResNet at ``bottom_up`` so its keys are ``backbone.bottom_up.*``, as in FPN detectors."""
-
-    def __init__(self, bottom_up):
-        super().__init__()
-        self.bottom_up = bottom_up
-
-    def forward(self, x):
-        return self.bottom_up(x)
-
-
 @META_ARCH_REGISTRY.register()
-class FastMoCo(nn.Module):
+class FastMoCo(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, bottom_up, projector, predictor, pixel_mean, pixel_std, in_feature="res5",
                  combine="mean", num_splits=2, combine_size=2, target_view="other", temperature=1.0,
@@ -70,13 +58,12 @@ class FastMoCo(nn.Module):
         self.temperature, self.gather_keys = temperature, gather_keys
         combos = list(itertools.combinations(range(num_splits ** 2), combine_size))
         self.register_buffer("combinations", torch.tensor(combos, dtype=torch.long), persistent=False)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self.register_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.FASTMOCO
-        bottom_up = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        bottom_up = build_bottom_up(cfg, cfg.MODEL.FASTMOCO.IN_FEATURE)
         shapes = bottom_up.output_shape()
         if c.IN_FEATURE not in shapes:
             raise ValueError(
@@ -97,10 +84,6 @@ class FastMoCo(nn.Module):
             "temperature": c.TEMPERATURE,
             "gather_keys": c.GATHER_KEYS,
         }
-
-    @property
-    def device(self):
-        return self.pixel_mean.device
 
     # ---- the three steps of the online branch ----
     def divide(self, x):
@@ -155,8 +138,7 @@ class FastMoCo(nn.Module):
 
     def preprocess(self, batched_inputs, i):
         x = torch.stack([d["views"][i] if "views" in d else d["image"] for d in batched_inputs])
-        x = x.to(self.device, non_blocking=True)
-        return (x.float() - self.pixel_mean) / self.pixel_std
+        return self.normalize(x)
 
     def forward(self, batched_inputs):
         """Training: ``{"loss_infonce"}`` from dicts with ``"views"`` (two CHW tensors, see

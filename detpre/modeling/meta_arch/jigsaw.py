@@ -15,39 +15,24 @@ was called (by the ``ERFRefresh`` hook, every MODEL.JIGSAW.ERF_PERIOD iterations
 """
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.erf import (
     ERFTable, effective_receptive_field, grid_centres, location_regions, soft_labels,
 )
 from detpre.modeling.losses.soft_label_ce import soft_label_cross_entropy
 
-__all__ = ["JigsawPretrain", "BottomUpContainer"]
+__all__ = ["JigsawPretrain"]
 
 MODES = ("erf", "block", "global")
 
 
-class BottomUpContainer(nn.Module):
-    """Holds a ResNet as ``bottom_up`` so state-dict keys read ``backbone.bottom_up.*``."""
-
-    def __init__(self, bottom_up):
-        super().__init__()
-        self.bottom_up = bottom_up
-
-    def forward(self, x):
-        return self.bottom_up(x)
-
-    def output_shape(self):
-        return self.bottom_up.output_shape()
-
-
 @META_ARCH_REGISTRY.register()
-class JigsawPretrain(nn.Module):
+class JigsawPretrain(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, backbone, in_feature, num_classes, montage_size, pixel_mean, pixel_std,
                  mode="erf", tau=0.5, erf_batch=8):
@@ -71,16 +56,11 @@ class JigsawPretrain(nn.Module):
         # the canvas is twice the montage so the reference ERF covers every translation needed
         self.erf = ERFTable(2 * montage_size, self.stride)
         self._refresh_requested = False
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.register_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
-        c = cfg.clone()
-        c.defrost()
-        # build only what the classified feature needs: every parameter then gets a gradient
-        c.MODEL.RESNETS.OUT_FEATURES = [cfg.MODEL.JIGSAW.IN_FEATURE]
-        bottom_up = build_resnet_backbone(c, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        bottom_up = build_bottom_up(cfg, cfg.MODEL.JIGSAW.IN_FEATURE)
         return {
             "backbone": BottomUpContainer(bottom_up),
             "in_feature": cfg.MODEL.JIGSAW.IN_FEATURE,
@@ -92,10 +72,6 @@ class JigsawPretrain(nn.Module):
             "tau": cfg.MODEL.JIGSAW.TAU,
             "erf_batch": cfg.MODEL.JIGSAW.ERF_BATCH,
         }
-
-    @property
-    def device(self):
-        return self.pixel_mean.device
 
     def request_erf_refresh(self):
         """Re-measure the ERF at the next training step (on that step's montages)."""
@@ -133,7 +109,7 @@ class JigsawPretrain(nn.Module):
         if sizes != {(self.montage_size, self.montage_size)}:
             raise ValueError(f"montages of sizes {sizes}; expected INPUT.JIGSAW.SIZE="
                              f"{self.montage_size} (use DATALOADER.MAPPER JigsawMapper)")
-        return (torch.stack(images).float() - self.pixel_mean) / self.pixel_std
+        return self.normalize(torch.stack(images))
 
     def forward(self, batched_inputs):
         images = self.preprocess(batched_inputs)

@@ -22,6 +22,7 @@ from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes, ImageList
 from torch import nn
 
+from detpre.modeling.backbone import PixelNormalizeMixin
 from detpre.modeling.heads import MLP
 from detpre.modeling.losses.byol import byol_loss
 from detpre.modeling.momentum import MomentumTarget
@@ -40,7 +41,7 @@ class ObjectHead(nn.Module):
 
 
 @META_ARCH_REGISTRY.register()
-class SoCo(nn.Module):
+class SoCo(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, backbone, box_pooler, box_head, projector, predictor, in_features,
                  pixel_mean, pixel_std):
@@ -57,8 +58,7 @@ class SoCo(nn.Module):
         self.projector, self.predictor = projector, predictor
         self.in_features = tuple(in_features)
         self.target = MomentumTarget(self, ["backbone", "roi_heads.box_head", "projector"])
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self.register_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
@@ -94,10 +94,6 @@ class SoCo(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
     def box_features(self, x, boxes, backbone=None, box_head=None):
         """Box-head features (sum over images of K_i, D) of ``boxes`` (list of Boxes) in ``x``."""
         backbone = self.backbone if backbone is None else backbone
@@ -118,8 +114,7 @@ class SoCo(nn.Module):
         """View ``v`` of every image, normalized and zero-padded at the bottom/right to the FPN's
         size divisibility (SoCo's 112 px V3 -> 128, as GeneralizedRCNN pads; boxes are unchanged);
         and its boxes as a list of Boxes."""
-        images = [(d["views"][v].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-                  for d in batched_inputs]
+        images = [self.normalize(d["views"][v]) for d in batched_inputs]
         x = ImageList.from_tensors(images, self.backbone.size_divisibility).tensor
         boxes = [Boxes(torch.as_tensor(d["view_boxes"][v], dtype=torch.float32).to(self.device))
                  for d in batched_inputs]

@@ -10,11 +10,10 @@ each output is ``{"feature": (D,) tensor}``, as the ``reid`` evaluator expects.
 """
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.backbone import build_resnet_backbone
 from torch import nn
 
+from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.memory import HybridMemory
 from detpre.modeling.reid_encoder import (BNNeck, build_pooling, convert_dsbn, dsbn_domain,
                                           dsbn_source_parameters)
@@ -22,19 +21,8 @@ from detpre.modeling.reid_encoder import (BNNeck, build_pooling, convert_dsbn, d
 __all__ = ["SpCL"]
 
 
-class _BottomUp(nn.Module):
-    """Holds the ResNet at ``bottom_up`` so its keys are ``backbone.bottom_up.*``."""
-
-    def __init__(self, bottom_up):
-        super().__init__()
-        self.bottom_up = bottom_up
-
-    def forward(self, x):
-        return self.bottom_up(x)
-
-
 @META_ARCH_REGISTRY.register()
-class SpCL(nn.Module):
+class SpCL(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, bottom_up, memory, pixel_mean, pixel_std, in_feature="res5",
                  pooling="avg", gem_p=3.0, dsbn=False):
@@ -45,7 +33,7 @@ class SpCL(nn.Module):
             dsbn: domain-specific BN in the backbone and neck (source images use their own BN).
         """
         super().__init__()
-        self.backbone = _BottomUp(bottom_up)
+        self.backbone = BottomUpContainer(bottom_up)
         self.in_feature = in_feature
         dim = bottom_up.output_shape()[in_feature].channels
         if memory.features.shape[1] != dim:
@@ -57,15 +45,14 @@ class SpCL(nn.Module):
         if dsbn:
             convert_dsbn(self.backbone)
             convert_dsbn(self.neck)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self.register_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
         from detpre.data.datasets.reid import reid_memory_layout
 
         c = cfg.MODEL.SPCL
-        bottom_up = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        bottom_up = build_bottom_up(cfg, cfg.MODEL.SPCL.IN_FEATURE)
         shapes = bottom_up.output_shape()
         if c.IN_FEATURE not in shapes:
             raise ValueError(f"MODEL.SPCL.IN_FEATURE={c.IN_FEATURE!r} is not among "
@@ -82,13 +69,8 @@ class SpCL(nn.Module):
             "in_feature": c.IN_FEATURE, "pooling": c.POOLING, "gem_p": c.GEM_P, "dsbn": c.DSBN,
         }
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
     def preprocess(self, batched_inputs):
-        x = torch.stack([b["image"] for b in batched_inputs]).to(self.device).float()
-        return (x - self.pixel_mean) / self.pixel_std
+        return self.normalize(torch.stack([b["image"] for b in batched_inputs]))
 
     def encode(self, images, domain=1):
         """L2-normalized embeddings (B, D) of normalized ``images`` (B, C, H, W)."""
