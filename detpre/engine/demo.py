@@ -6,13 +6,13 @@ fine-tune the tiny Mask R-CNN on `train` from SoCo and from random init (same bu
 `val`. Each step is skipped when its output exists and resumes when it was killed, so a second
 ``make demo`` only prints the table.
 """
-import json
 import os
-import subprocess
 import sys
 import time
 
 from tabulate import tabulate
+
+from .steps import final_metrics, run_logged, train_step
 
 __all__ = ["run_demo", "PRETRAIN_CONFIGS"]
 
@@ -27,51 +27,21 @@ PRETRAIN_CONFIGS = {
 }
 
 
-def _run(cmd, log):
-    cmd = [str(c) for c in cmd]
-    print("$ " + " ".join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
-    t = time.time()
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log, "a") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log) as f:
-            tail = "".join(f.readlines()[-30:])
-        raise SystemExit(f"step failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
-    return time.time() - t
-
-
-def _final_metrics(out_dir):
-    """The last evaluation record detectron2 wrote to metrics.json, or None."""
-    path = os.path.join(out_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return None
-    found = None
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if "bbox/AP" in rec:
-                found = rec
-    return found
-
-
 def _train(config, out_dir, opts=(), tag=""):
-    """Train (resuming a killed run) unless ``out_dir`` already holds a finished one."""
-    if os.path.isfile(os.path.join(out_dir, "model_final.pth")):
+    sec = train_step(config, out_dir, opts, "log_demo.txt")
+    if sec is None:
         print(f"[demo] {tag}: done before ({out_dir})")
-        return 0.0
-    return _run([sys.executable, "tools/train_net.py", "--config-file", config, "--resume",
-                 "OUTPUT_DIR", out_dir, *opts], os.path.join(out_dir, "log_demo.txt"))
+    return sec or 0.0
 
 
 def _prerequisite(kind):
     if kind == "proposals" and not os.path.isfile(PROPOSALS):
-        return _run([sys.executable, "tools/generate_proposals.py", "--dataset", "detpre_demo_unlabeled",
+        return run_logged([sys.executable, "tools/generate_proposals.py", "--dataset", "detpre_demo_unlabeled",
                      "--output", PROPOSALS], "output/demo/proposals/log.txt")
     if kind == "jigsaw_samples":
         samples = "output/demo/jigsaw/samples_detpre_demo_train.json"
         if not os.path.isfile(samples):
-            return _run([sys.executable, "tools/extract_jigsaw_samples.py", "--dataset", "detpre_demo_train",
+            return run_logged([sys.executable, "tools/extract_jigsaw_samples.py", "--dataset", "detpre_demo_train",
                          "--output", samples], "output/demo/jigsaw/log_samples.txt")
     return 0.0
 
@@ -97,7 +67,7 @@ def run_demo(methods=("soco",), finetune_opts=()):
         pre += _train(config, out, (), f"{m} pretraining")
         weights = os.path.join(out, f"{m}_export.pkl")
         if not os.path.isfile(weights):
-            _run([sys.executable, "tools/convert_pretrained.py", "--input", os.path.join(out, "model_final.pth"),
+            run_logged([sys.executable, "tools/convert_pretrained.py", "--input", os.path.join(out, "model_final.pth"),
                   "--output", weights, "--detector", "mask_rcnn", "--config-file", FINETUNE_CONFIG],
                  os.path.join(out, "log_export.txt"))
         ft = f"output/demo/finetune_{m}"
@@ -106,7 +76,7 @@ def run_demo(methods=("soco",), finetune_opts=()):
 
     table = []
     for name, pre, sec, out in rows:
-        r = _final_metrics(out) or {}
+        r = final_metrics(out)
         table.append([name, pre, f"{sec:.0f}s" if sec else "(cached)",
                       r.get("bbox/AP", float("nan")), r.get("bbox/AP50", float("nan")),
                       r.get("segm/AP", float("nan")), out])

@@ -14,10 +14,9 @@ import json
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
+
+from .steps import final_metrics, metrics_records, train_step
 
 __all__ = ["schedule_opts", "seconds_per_iter", "final_metrics", "run_transfer_benchmark"]
 
@@ -31,50 +30,13 @@ def schedule_opts(cfg, iters):
             "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(iters)]
 
 
-def _records(out_dir):
-    path = os.path.join(out_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def seconds_per_iter(out_dir):
     """Median training-step time detectron2 logged in ``out_dir/metrics.json`` (data included)."""
-    times = [r["time"] for r in _records(out_dir) if "time" in r]
+    times = [r["time"] for r in metrics_records(out_dir) if "time" in r]
     if not times:
         raise RuntimeError(f"{out_dir}/metrics.json has no step times: the run logged nothing; "
                            "see its log.txt")
     return float(statistics.median(times))
-
-
-def final_metrics(out_dir):
-    """The last evaluation record (with bbox/AP) in ``out_dir/metrics.json``, or {}."""
-    found = {}
-    for r in _records(out_dir):
-        if "bbox/AP" in r:
-            found = r
-    return found
-
-
-def _run(cmd, log):
-    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
-    print("$ " + " ".join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
-    t = time.time()
-    with open(log, "a") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        with open(log) as f:
-            tail = "".join(f.readlines()[-30:])
-        raise RuntimeError(f"command failed (exit {rc}); last lines of {log}:\n{tail}")
-    return time.time() - t
-
-
-def _train(config, out_dir, opts):
-    if os.path.isfile(os.path.join(out_dir, "model_final.pth")):
-        return None  # done before
-    return _run([sys.executable, "tools/train_net.py", "--config-file", config, "--resume",
-                 "OUTPUT_DIR", out_dir, *opts], os.path.join(out_dir, "log_benchmark.txt"))
 
 
 def _export(checkpoint, path):
@@ -124,7 +86,7 @@ def run_transfer_benchmark(pretrain_configs, budget_s, finetune_config, output_d
         base = os.path.join(output_dir, name)
         spi = _calibrate(cfg, os.path.join(base, "calibration.json"), calibration_iters)
         iters = max(1, int(math.floor(budget_s / spi)))
-        wall = _train(config, os.path.join(base, "pretrain"), schedule_opts(cfg, iters))
+        wall = train_step(config, os.path.join(base, "pretrain"), schedule_opts(cfg, iters), "log_benchmark.txt")
         pre_spi = seconds_per_iter(os.path.join(base, "pretrain"))
         weights = _export(os.path.join(base, "pretrain", "model_final.pth"),
                           os.path.join(base, "export_mask_rcnn.pkl"))
@@ -135,7 +97,7 @@ def run_transfer_benchmark(pretrain_configs, budget_s, finetune_config, output_d
     for row in rows:
         out = os.path.join(output_dir, row["init"].replace(" ", "_"), "finetune")
         opts = ["MODEL.WEIGHTS", row["weights"]] if "weights" in row else []
-        _train(finetune_config, out, [*opts, *finetune_opts])
+        train_step(finetune_config, out, [*opts, *finetune_opts], "log_benchmark.txt")
         m = final_metrics(out)
         row.update({"box_AP": m.get("bbox/AP"), "box_AP50": m.get("bbox/AP50"),
                     "mask_AP": m.get("segm/AP"), "finetune_dir": out})
