@@ -282,8 +282,14 @@ def add_detpre_config(cfg):
     return cfg
 
 
-def get_detpre_cfg():
-    """detectron2's default config plus every detpre key."""
+def get_detpre_cfg(config_file=None, opts=()):
+    """detectron2's default config plus every detpre key, then ``config_file`` and ``opts``
+    (``KEY VALUE ...``) merged in, if given."""
     from detectron2.config import get_cfg
 
-    return add_detpre_config(get_cfg())
+    cfg = add_detpre_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return cfg

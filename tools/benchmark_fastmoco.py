@@ -20,9 +20,7 @@ from detpre.evaluation.backbone_probe import write_json
 
 
 def _cfg(path, opts):
-    cfg = get_detpre_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(opts)
+    cfg = get_detpre_cfg(path, opts)
     return cfg
 
 

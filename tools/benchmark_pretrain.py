@@ -23,9 +23,7 @@ def main():
     p.add_argument("--output", default="", help="also write the result to this JSON file")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args()
-    cfg = get_detpre_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_detpre_cfg(args.config_file, args.opts)
     result = benchmark_pretrain(cfg, args.iters, args.warmup)
     print(format_benchmark(result))
     if args.output:

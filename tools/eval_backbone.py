@@ -35,9 +35,7 @@ def main():
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args()
 
-    cfg = get_detpre_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_detpre_cfg(args.config_file, args.opts)
     register_from_config(cfg)
     with torch.no_grad():
         res = evaluate_backbone(

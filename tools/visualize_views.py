@@ -27,9 +27,7 @@ def main():
     p.add_argument("--output", default="views.png")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args()
-    cfg = get_detpre_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_detpre_cfg(args.config_file, args.opts)
     register_from_config(cfg)
     dicts = train_dataset_dicts(cfg)
     if not 0 <= args.index < len(dicts):

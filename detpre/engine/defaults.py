@@ -16,9 +16,7 @@ __all__ = ["setup", "main"]
 
 def setup(args):
     """Config from ``--config-file`` + ``opts``, detectron2's default set-up, data sets registered."""
-    cfg = get_detpre_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_detpre_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     register_from_config(cfg)
