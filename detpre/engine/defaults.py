@@ -23,8 +23,18 @@ def setup(args):
     return cfg
 
 
-def main(args, trainer_cls=Trainer):
+def trainer_class(cfg):
+    """The student of self-training needs its own step (two streams, normalized loss)."""
+    if cfg.SELF_TRAINING.ENABLED:
+        from .self_training import SelfTrainingTrainer
+
+        return SelfTrainingTrainer
+    return Trainer
+
+
+def main(args, trainer_cls=None):
     cfg = setup(args)
+    trainer_cls = trainer_cls or trainer_class(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

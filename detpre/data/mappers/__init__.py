@@ -4,7 +4,7 @@ Dataset mappers, one file per method, registered in ``MAPPER_REGISTRY`` and pick
 """
 from detpre.registry import MAPPER_REGISTRY
 
-from . import fastmoco, jigsaw, reid, soco  # noqa: F401  (register)
+from . import fastmoco, jigsaw, reid, self_training, soco  # noqa: F401  (register)
 from .build import build_mapper
 
 __all__ = ["MAPPER_REGISTRY", "build_mapper"]

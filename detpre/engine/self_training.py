@@ -1,0 +1,138 @@
+"""
+Student training of self-training (Zoph et al., "Rethinking Pre-training and Self-training",
+NeurIPS 2020): every step sees a batch mixing human-labeled and pseudo-labeled images (the
+two-stream loader) and optimizes the paper's normalized loss
+
+    L = 1 / (1 + a) * (L_h + a * (avg(L_h) / avg(L_p)) * L_p)
+
+where L_h, L_p are the total detection losses of the human- and pseudo-labeled images of the
+step, avg(.) their moving averages over training and ``a`` the pseudo-label loss weight
+(SELF_TRAINING.PSEUDO_LOSS_WEIGHT). The ratio of averages rescales the pseudo loss to the human
+loss's magnitude, so the balance between the streams is set by ``a`` alone, whatever the
+threshold/augmentation do to the pseudo loss's scale. With LOSS_NORM off, L = L_h + a * L_p.
+
+The two streams go through the (unchanged) detector in two forward/backward passes, so the
+model and its checkpoint stay a plain detectron2 detector.
+"""
+import time
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from detpre.data.self_training import build_self_training_loader
+
+from . import self_training_hooks  # noqa: F401  (registers the PseudoLabel hook)
+from .trainer import Trainer
+
+__all__ = ["LossNormalizer", "SelfTrainingStep", "SelfTrainingTrainer"]
+
+
+class LossNormalizer:
+    """The stream weights (w_h, w_p) of the paper's loss normalization; checkpointable."""
+
+    def __init__(self, alpha=1.0, momentum=0.99, enabled=True, eps=1e-12):
+        if alpha < 0 or not 0 <= momentum < 1:
+            raise ValueError(f"pseudo loss weight {alpha} must be >= 0 and momentum {momentum} in [0, 1)")
+        self.alpha, self.momentum, self.enabled, self.eps = float(alpha), float(momentum), enabled, eps
+        self.avg_h = self.avg_p = None
+
+    def update(self, loss_h, loss_p):
+        """Fold this step's total losses into the moving averages (the first step initializes)."""
+        loss_h, loss_p = float(loss_h), float(loss_p)
+        if self.avg_h is None:
+            self.avg_h, self.avg_p = loss_h, loss_p
+        else:
+            m = self.momentum
+            self.avg_h = m * self.avg_h + (1 - m) * loss_h
+            self.avg_p = m * self.avg_p + (1 - m) * loss_p
+
+    @property
+    def human_weight(self):
+        return 1.0 / (1.0 + self.alpha) if self.enabled else 1.0
+
+    @property
+    def pseudo_weight(self):
+        if not self.enabled:
+            return self.alpha
+        if self.avg_h is None:
+            raise RuntimeError("LossNormalizer.pseudo_weight before any update()")
+        return self.alpha / (1.0 + self.alpha) * self.avg_h / max(self.avg_p, self.eps)
+
+    def state_dict(self):
+        return {"avg_h": self.avg_h, "avg_p": self.avg_p}
+
+    def load_state_dict(self, state):
+        self.avg_h, self.avg_p = state["avg_h"], state["avg_p"]
+
+
+def _mean_over_workers(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    if comm.get_world_size() > 1:
+        t = t.to(comm.get_local_rank() if torch.cuda.is_available() else "cpu")
+        dist.all_reduce(t)
+        t = t.cpu() / comm.get_world_size()
+    return t.tolist()
+
+
+class SelfTrainingStep(SimpleTrainer):
+    """``SimpleTrainer`` whose step splits the batch by ``"stream"`` and weights the two losses."""
+
+    def __init__(self, model, data_loader, optimizer, normalizer):
+        super().__init__(model, data_loader, optimizer)
+        self.normalizer = normalizer
+
+    def run_step(self):
+        assert self.model.training, "[SelfTrainingStep] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        labeled = [d for d in data if d.get("stream", "labeled") == "labeled"]
+        pseudo = [d for d in data if d.get("stream") == "pseudo"]
+        if not labeled or not pseudo:
+            raise ValueError("a self-training batch needs labeled and pseudo-labeled images "
+                             "(use detpre.data.self_training.build_self_training_loader)")
+
+        self.optimizer.zero_grad()
+        loss_h = self.model(labeled)
+        total_h = sum(loss_h.values())
+        w_h = self.normalizer.human_weight
+        (w_h * total_h).backward()  # one backward per forward: DDP-safe, frees memory early
+        loss_p = self.model(pseudo)
+        total_p = sum(loss_p.values())
+        self.normalizer.update(*_mean_over_workers([total_h.item(), total_p.item()]))
+        w_p = self.normalizer.pseudo_weight
+        (w_p * total_p).backward()
+
+        metrics = {k: v.detach() * w_h for k, v in loss_h.items()}
+        metrics.update({f"pseudo_{k}": v.detach() * w_p for k, v in loss_p.items()})
+        self.write_metrics(metrics, data_time)  # total_loss = the optimized objective
+        if comm.is_main_process():
+            get_event_storage().put_scalars(
+                st_loss_labeled=total_h.item(), st_loss_pseudo=total_p.item(),
+                st_weight_pseudo=w_p, st_avg_ratio=self.normalizer.avg_h / max(self.normalizer.avg_p, 1e-12),
+                smoothing_hint=False)
+        self.optimizer.step()
+
+
+class SelfTrainingTrainer(Trainer):
+    """detpre's ``Trainer`` for the student: two-stream loader + ``SelfTrainingStep``."""
+
+    def __init__(self, cfg):
+        if not cfg.SELF_TRAINING.ENABLED:
+            raise ValueError("SelfTrainingTrainer needs SELF_TRAINING.ENABLED: True")
+        if cfg.SOLVER.AMP.ENABLED:
+            raise NotImplementedError("self-training with SOLVER.AMP.ENABLED is not supported")
+        super().__init__(cfg)
+        st = cfg.SELF_TRAINING
+        self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM)
+        base = self._trainer
+        self._trainer = SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer)
+        self.checkpointer.checkpointables["self_training"] = self.loss_normalizer
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_self_training_loader(cfg)
+

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""
+Pseudo-label an unlabeled data set (or image folder) with a trained detector (the teacher):
+
+    python tools/generate_pseudo_labels.py --config-file configs/demo/mask_rcnn_R18_FPN_tiny.yaml \
+        --weights output/demo/teacher/model_final.pth --dataset detpre_demo_unlabeled \
+        --output output/demo/pseudo/detpre_demo_unlabeled.json [--threshold 0.5] [--tta]
+
+Resumes after a kill (re-run the same command); prints the DATASETS.COCO entry that registers
+the json for a student config (SELF_TRAINING.PSEUDO_DATASETS).
+"""
+import argparse
+import logging
+
+from detectron2.data import DatasetCatalog
+from detectron2.utils.logger import setup_logger
+
+import detpre  # noqa: F401  (registers every component)
+from detpre.config import get_detpre_cfg
+from detpre.data.datasets import load_image_folder, register_from_config
+from detpre.pseudo_labels import label_images
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="the teacher's detectron2/detpre config")
+    p.add_argument("--weights", default=None, help="teacher weights (default: MODEL.WEIGHTS)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="a registered data set (config DATASETS.*, demo, detectron2 builtins)")
+    src.add_argument("--image-dir", help="a folder of images (searched recursively)")
+    p.add_argument("--output", required=True, help="COCO json to write")
+    p.add_argument("--threshold", type=float, default=None, help="score threshold (default SELF_TRAINING.SCORE_THRESHOLD = 0.5)")
+    p.add_argument("--class-thresholds", default=None, help="comma-separated per-class thresholds, class order")
+    p.add_argument("--batch-size", type=int, default=None, help="images per inference batch")
+    p.add_argument("--chunk-size", type=int, default=None, help="images per resumable chunk")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--tta", action="store_true", help="flip + multi-scale test-time augmentation")
+    p.add_argument("--tta-min-sizes", default=None, help="comma-separated shortest-edge sizes (default TEST.AUG.MIN_SIZES)")
+    p.add_argument("--no-tta-flip", action="store_true")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    setup_logger(name="detpre")
+    setup_logger(name="detectron2", abbrev_name="d2")
+    cfg = get_detpre_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    register_from_config(cfg)
+    dicts = DatasetCatalog.get(args.dataset) if args.dataset else load_image_folder(args.image_dir, source="--image-dir")
+    floats = lambda s: [float(v) for v in s.split(",")] if s else None  # noqa: E731
+    summary = label_images(
+        cfg, dicts, args.output, weights=args.weights, score_threshold=args.threshold,
+        class_thresholds=floats(args.class_thresholds), batch_size=args.batch_size,
+        chunk_size=args.chunk_size, tta=args.tta,
+        tta_min_sizes=[int(v) for v in floats(args.tta_min_sizes)] if args.tta_min_sizes else None,
+        tta_flip=not args.no_tta_flip, num_workers=args.num_workers)
+    logging.getLogger("detpre").info(
+        "%d pseudo-labels on %d images. Register it in a student config with\n"
+        "  DATASETS.COCO: [[\"my_pseudo\", \"%s\", \"%s\"]]\n  SELF_TRAINING.PSEUDO_DATASETS: (\"my_pseudo\",)",
+        summary["annotations"], summary["images"], summary["output"], summary["image_root"])
+
+
+if __name__ == "__main__":
+    main()
