@@ -9,11 +9,12 @@ with ``bottom_up``/``fpn_*``, ``roi_heads.box_head.*``) and keep momentum copies
 import collections
 import os
 import pickle
-import tempfile
 
 import numpy as np
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
+
+from detpre.utils.io import atomic_open
 
 __all__ = [
     "DETECTOR_PREFIXES", "load_detpre_checkpoint", "export_weights", "save_model_zoo_file",
@@ -78,16 +79,8 @@ def export_weights(state_dict, detector="mask_rcnn", use_target=False):
 def save_model_zoo_file(weights, path, author="detpre"):
     """detectron2's model-zoo ``.pkl`` layout, written to a temporary name and renamed."""
     data = {"model": dict(weights), "__author__": author, "matching_heuristics": False}
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def coverage_report(weights, model):

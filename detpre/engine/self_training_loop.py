@@ -19,6 +19,7 @@ from detectron2.data import DatasetCatalog
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_coco, register_from_config
 from detpre.pseudo_labels import label_images
+from detpre.utils.io import atomic_open
 
 from .self_training import SelfTrainingTrainer
 from .steps import final_metrics
@@ -32,9 +33,8 @@ logger = logging.getLogger("detpre.self_training")
 def export_plain_checkpoint(checkpoint, path):
     """Only the model weights of a training checkpoint, as ``{"model": state_dict}`` (atomic)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
-    tmp = path + ".tmp"
-    torch.save({"model": state, "__author__": "detpre self-training"}, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save({"model": state, "__author__": "detpre self-training"}, f)
     return path
 
 

@@ -14,7 +14,8 @@ import json
 import math
 import os
 import statistics
-import tempfile
+
+from detpre.utils.io import write_json_atomic
 
 from .steps import final_metrics, metrics_records, train_step
 
@@ -57,15 +58,8 @@ def _calibrate(cfg, path, iters):
             return json.load(f)["iteration_s"]
     result = benchmark_pretrain(cfg, iters=iters, warmup=min(3, iters - 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _write_json(path, result)
+    write_json_atomic(result, path, indent=1)
     return result["iteration_s"]
-
-
-def _write_json(path, data):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def run_transfer_benchmark(pretrain_configs, budget_s, finetune_config, output_dir,
@@ -101,7 +95,7 @@ def run_transfer_benchmark(pretrain_configs, budget_s, finetune_config, output_d
         m = final_metrics(out)
         row.update({"box_AP": m.get("bbox/AP"), "box_AP50": m.get("bbox/AP50"),
                     "mask_AP": m.get("segm/AP"), "finetune_dir": out})
-    _write_json(os.path.join(output_dir, "benchmark_transfer.json"),
+    write_json_atomic("benchmark_transfer.json", os.path.join(output_dir, indent=1),
                 {"budget_s": budget_s, "finetune_config": finetune_config, "rows": rows})
     table = [[r["init"], r.get("iters", "-"), r.get("pretrain_s", "-"), r.get("images_per_s", "-"),
               r["box_AP"], r["box_AP50"], r["mask_AP"]] for r in rows]

@@ -4,11 +4,9 @@ similarity, top-k neighbours weighted by ``exp(sim / T)``) and a linear probe (m
 logistic regression on frozen features) on object crops cut from a labeled detection data set's
 ground-truth boxes. Features: the global-average-pooled last ResNet stage. Shared by every method.
 """
-import json
 import logging
 import os
 import pickle
-import tempfile
 
 import cv2
 import numpy as np
@@ -20,6 +18,7 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import BoxMode
 
 from detpre.checkpoint import export_weights, load_detpre_checkpoint
+from detpre.utils.io import write_json_atomic
 
 __all__ = [
     "extract_crops", "read_backbone_weights", "build_probe_backbone", "extract_features",
@@ -179,13 +178,4 @@ def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=200
 
 def write_json(obj, path):
     """Write ``obj`` as JSON to a temporary name in the same folder, then rename (atomic)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json_atomic(obj, path, indent=2)

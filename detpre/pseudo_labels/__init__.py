@@ -7,7 +7,7 @@ from .coco import (
     instances_to_annotations,
     mask_to_polygons,
     resolve_thresholds,
-    write_json_atomic,
+    write_compact_json,
 )
 from .generate import PseudoLabelInterrupted, generate_pseudo_labels, predict_batches, teacher_mode
 from .teacher import build_teacher, label_images, num_classes_of, teacher_config

@@ -3,16 +3,14 @@ Teacher predictions -> COCO-format pseudo-label entries: score thresholds (one, 
 class), boxes as [x, y, w, h], masks as polygons (so both streams share detectron2's polygon
 mask format and every geometric augmentation transforms them exactly), written atomically.
 """
-import json
-import os
-import tempfile
-
 import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from detpre.utils.io import write_json_atomic
+
 __all__ = ["resolve_thresholds", "mask_to_polygons", "instances_to_annotations",
-           "categories_from_metadata", "write_json_atomic"]
+           "categories_from_metadata", "write_compact_json"]
 
 
 def resolve_thresholds(score_threshold, class_thresholds, num_classes):
@@ -89,15 +87,5 @@ def categories_from_metadata(dataset_names, num_classes):
     return [{"id": i + 1, "name": f"class_{i}"} for i in range(num_classes)]
 
 
-def write_json_atomic(data, path):
-    """``json.dump`` to a temporary file in the same folder, then rename over ``path``."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def write_compact_json(data, path):
+    write_json_atomic(data, path, separators=(",", ":"))

@@ -21,7 +21,7 @@ from detectron2.data.build import trivial_batch_collator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .coco import instances_to_annotations, write_json_atomic
+from .coco import instances_to_annotations, write_compact_json
 
 __all__ = ["teacher_mode", "predict_batches", "generate_pseudo_labels", "PseudoLabelInterrupted"]
 
@@ -99,7 +99,7 @@ def _check_manifest(parts, fingerprint):
                 f"{parts} holds a pseudo-labelling run with other settings (differs in {changed}); "
                 "delete that folder to start over, or write to another --output")
     else:
-        write_json_atomic(fingerprint, path)
+        write_compact_json(fingerprint, path)
 
 
 def generate_pseudo_labels(model, dicts, output, *, mapper, categories, thresholds,
@@ -148,7 +148,7 @@ def generate_pseudo_labels(model, dicts, output, *, mapper, categories, threshol
             for a in instances_to_annotations(inst, thresholds, category_ids, with_masks):
                 anns.append({"image_id": image_id, **a})
             bar.update(1)
-        write_json_atomic({"images": images, "annotations": anns}, chunk_path(k))
+        write_compact_json({"images": images, "annotations": anns}, chunk_path(k))
     bar.close()
 
     data = {"info": info, "images": [], "annotations": [], "categories": categories}
@@ -159,7 +159,7 @@ def generate_pseudo_labels(model, dicts, output, *, mapper, categories, threshol
         data["annotations"] += part["annotations"]
     for i, a in enumerate(data["annotations"]):
         a["id"] = i + 1
-    write_json_atomic(data, output)
+    write_compact_json(data, output)
     shutil.rmtree(parts, ignore_errors=True)
     summary = {"output": output, "image_root": image_root, "images": len(data["images"]),
                "annotations": len(data["annotations"])}

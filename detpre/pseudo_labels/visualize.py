@@ -1,11 +1,12 @@
 """PNGs of images with their pseudo-labels (boxes, masks, class and score) for a quick look."""
 import json
 import os
-import tempfile
 
 import cv2
 import numpy as np
 from detectron2.utils.visualizer import Visualizer
+
+from detpre.utils.io import write_bytes_atomic
 
 __all__ = ["draw_pseudo_labels", "visualize_pseudo_labels"]
 
@@ -26,10 +27,7 @@ def _write_png(path, image_rgb):
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[:, :, ::-1]))
     if not ok:
         raise RuntimeError(f"cannot encode {path}")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".png")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def visualize_pseudo_labels(json_file, output_dir, image_root=None, num_images=20, min_score=0.0,

@@ -1,9 +1,10 @@
 """Draw a sample's views side by side with its proposals, one colour per proposal index."""
-import os
 
 import numpy as np
 from detectron2.utils.colormap import colormap
 from PIL import Image, ImageDraw
+
+from detpre.utils.io import atomic_open
 
 __all__ = ["draw_views", "save_png"]
 
@@ -38,8 +39,5 @@ def draw_views(views, view_boxes, image_format="RGB", height=224, gap=8):
 
 def save_png(array, path):
     """Write ``array`` as a PNG through a temporary name + rename."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(array).save(f, format="PNG")

@@ -6,9 +6,10 @@ other data sets or other parameters is refused with a message, never silently us
 import json
 import logging
 import os
-import tempfile
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from detpre.utils.io import write_json_atomic
 
 from .extract import aspect_group, extract_samples
 
@@ -36,16 +37,7 @@ def extraction_params(cfg):
 
 def save_samples(path, data, params):
     out = {"version": SAMPLES_VERSION, "params": dict(params), **data}
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(out, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json_atomic(out, path, separators=(",", ":"))
 
 
 def load_samples(path, params=None):

@@ -22,6 +22,8 @@ import shutil
 import numpy as np
 from detectron2.structures import BoxMode
 
+from detpre.utils.io import write_bytes_atomic
+
 __all__ = ["PartStore", "write_proposal_file", "read_proposal_file", "merge_proposal_files",
            "objectness_for", "atomic_write_bytes"]
 
@@ -30,14 +32,7 @@ META_KEY = "detpre"
 
 
 def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same folder + rename."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(os.fspath(path), data)
 
 
 def objectness_for(num):
