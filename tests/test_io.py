@@ -22,3 +22,12 @@ def test_creates_missing_folder(tmp_path):
     with atomic_open(str(path)) as f:
         f.write(b"xyz")
     assert path.read_bytes() == b"xyz"
+
+
+def test_written_files_get_umask_permissions_not_0600(tmp_path):
+    path = tmp_path / "shared.pkl"
+    with atomic_open(str(path)) as f:
+        f.write(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

@@ -102,3 +102,21 @@ def test_hook_refuses_a_model_without_target():
     trainer.register_hooks([MomentumUpdate(base=0.9, end=1.0, max_iter=1)])
     with pytest.raises(TypeError, match="MomentumTarget"):
         trainer.train(0, 1)
+
+
+def test_copy_from_syncs_parameters_and_bn_statistics():
+    import torch
+    from torch import nn
+
+    from detpre.modeling.momentum import MomentumTarget
+
+    model = nn.Module()
+    model.backbone = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    model.target = MomentumTarget(model, ["backbone"])
+    with torch.no_grad():  # as MODEL.WEIGHTS loading the online keys only
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+        model.backbone[1].running_mean.fill_(3.0)
+    model.target.copy_from(model)
+    for name, t in model.target.backbone.state_dict().items():
+        assert torch.equal(t, model.backbone.state_dict()[name]), name

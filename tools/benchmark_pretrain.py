@@ -8,10 +8,10 @@ optimizer step and each DETPRE.HOOKS hook (momentum update, ...), with images/s 
 Targets: momentum update <= 2% of an iteration; data loading <= 5% at the demo config.
 """
 import argparse
-import json
 
 import detpre  # noqa: F401  (registers every component)
 from detpre.config import get_detpre_cfg
+from detpre.utils.io import write_json_atomic
 from detpre.engine.pretrain_benchmark import benchmark_pretrain, format_benchmark
 
 
@@ -27,8 +27,7 @@ def main():
     result = benchmark_pretrain(cfg, args.iters, args.warmup)
     print(format_benchmark(result))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json_atomic(result, args.output, indent=1)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ teacher -> pseudo-labels -> student, the student teaching the next round. On the
 Re-running continues a killed run. Prints teacher and student AP.
 """
 import argparse
-import json
 import os
 
 from detectron2.utils.logger import setup_logger
 
+from detpre.utils.io import write_json_atomic
 import detpre  # noqa: F401  (registers every component)
 from detpre.engine.self_training_loop import format_rows, self_train
 
@@ -44,8 +44,7 @@ def main():
                       label_kwargs={"score_threshold": a.threshold, "tta": a.tta})
     table = format_rows(rows)
     print("\n" + table)
-    with open(os.path.join(a.output, "results.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json_atomic(rows, os.path.join(a.output, "results.json"), indent=1)
 
 
 if __name__ == "__main__":

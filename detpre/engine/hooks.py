@@ -47,6 +47,10 @@ class MomentumUpdate(HookBase):
                 "DETPRE.HOOKS has MomentumUpdate but the model has no `target` MomentumTarget; "
                 "remove the hook or use a momentum meta-architecture (SoCo, FastMoCo)."
             )
+        if self.trainer.iter == self.trainer.start_iter == 0:
+            # a fresh run: MODEL.WEIGHTS filled only the online network; start the target equal
+            # to it, as BYOL/MoCo do (a resumed run keeps its checkpointed target)
+            target.copy_from(unwrap_model(self.trainer.model))
 
     def after_step(self):
         # the step just taken was iteration `iter`; the schedule uses the count done so far

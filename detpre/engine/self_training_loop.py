@@ -19,7 +19,7 @@ from detectron2.data import DatasetCatalog
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_coco, register_from_config
 from detpre.pseudo_labels import label_images
-from detpre.utils.io import atomic_open
+from detpre.utils.io import atomic_open, write_json_atomic
 
 from .self_training import SelfTrainingTrainer
 from .steps import final_metrics
@@ -65,9 +65,7 @@ def _evaluate(cfg, weights, trained_here=False):
     logger.info("Evaluating weights: %s", weights)
     res = Trainer.test(cfg, model)
     flat = {f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(cache, "w") as f:
-        json.dump(flat, f)
+    write_json_atomic(flat, cache)
     return flat
 
 

@@ -95,8 +95,8 @@ def run_transfer_benchmark(pretrain_configs, budget_s, finetune_config, output_d
         m = final_metrics(out)
         row.update({"box_AP": m.get("bbox/AP"), "box_AP50": m.get("bbox/AP50"),
                     "mask_AP": m.get("segm/AP"), "finetune_dir": out})
-    write_json_atomic("benchmark_transfer.json", os.path.join(output_dir, indent=1),
-                {"budget_s": budget_s, "finetune_config": finetune_config, "rows": rows})
+    write_json_atomic({"budget_s": budget_s, "finetune_config": finetune_config, "rows": rows},
+                      os.path.join(output_dir, "benchmark_transfer.json"), indent=1)
     table = [[r["init"], r.get("iters", "-"), r.get("pretrain_s", "-"), r.get("images_per_s", "-"),
               r["box_AP"], r["box_AP50"], r["mask_AP"]] for r in rows]
     print(f"\nFine-tuning {finetune_config} after {budget_s:.0f}s of pretraining each:")

@@ -59,8 +59,12 @@ class MomentumTarget(nn.Module):
 
     @torch.no_grad()
     def copy_from(self, model):
-        """Make the target equal to the online weights (e.g. after loading online weights)."""
+        """Make the target equal to the online weights and BN statistics (e.g. after
+        ``MODEL.WEIGHTS`` loaded only the online keys)."""
         self.update(model, 0.0)
+        for path in self.paths:
+            for t, o in zip(get_submodule(self, path).buffers(), get_submodule(model, path).buffers()):
+                t.copy_(o)
 
 
 def momentum_at(it, max_iter, base, end=1.0, schedule="cosine"):
