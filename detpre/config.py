@@ -69,6 +69,9 @@ def add_soco_config(cfg):
     _C.MODEL.SOCO.HIDDEN_DIM = 4096
     # Normalization in the MLP heads: "BN", "SyncBN" (multi-GPU) or "".
     _C.MODEL.SOCO.HEAD_NORM = "BN"
+    # BYOL loss over the B x K matched proposals: "mean" (SoCo's official code) or "sum" over an
+    # image's K proposals, mean over images (the paper's formula; K times the gradient).
+    _C.MODEL.SOCO.LOSS_REDUCTION = "mean"
     # Views ("SoCoMapper"): V1 = whole image at VIEW_SIZE, V2 = a random crop at VIEW_SIZE,
     # V3 = V2 at SMALL_VIEW_SIZE, SoCo*'s V4 = another crop at EXTRA_VIEW_SIZE (0 = no V4).
     _C.INPUT.SOCO = CN()

@@ -69,10 +69,14 @@ def test_model_pools_each_box_from_its_level_only(repo_root):
 def test_byol_loss_by_hand():
     p = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # 1 image, 2 proposals
     z = torch.tensor([[[3.0, 0.0], [1.0, 1.0]]])
-    assert byol_loss(p, z).item() == pytest.approx(0.0 + (2 - 2 / math.sqrt(2)), abs=1e-6)
+    assert byol_loss(p, z, "sum").item() == pytest.approx(0.0 + (2 - 2 / math.sqrt(2)), abs=1e-6)
     p2 = torch.cat([p, torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])])  # second image: cos -1, 0
     z2 = torch.cat([z, torch.tensor([[[-1.0, 0.0], [0.0, 5.0]]])])
-    assert byol_loss(p2, z2).item() == pytest.approx(((2 - math.sqrt(2)) + (4 + 2)) / 2, abs=1e-6)
+    assert byol_loss(p2, z2, "sum").item() == pytest.approx(((2 - math.sqrt(2)) + (4 + 2)) / 2, abs=1e-6)
+    # the official code's normalization: mean over the 4 matched (image, proposal) pairs
+    assert byol_loss(p2, z2).item() == pytest.approx(((2 - math.sqrt(2)) + (4 + 2)) / 4, abs=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        byol_loss(p2, z2, "max")
 
 
 def test_soco_loss_is_symmetrized_over_views(repo_root):

@@ -44,19 +44,21 @@ class ObjectHead(nn.Module):
 class SoCo(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, backbone, box_pooler, box_head, projector, predictor, in_features,
-                 pixel_mean, pixel_std):
+                 pixel_mean, pixel_std, loss_reduction="mean"):
         """
         Args:
             backbone: a detectron2 FPN backbone whose ``in_features`` outputs are pooled.
             box_pooler: a ``ROIPooler`` over ``in_features`` (its level rule is SoCo's ranges).
             box_head: RoI box head (SoCo: 4conv1fc), ``output_shape.channels`` = its feature size.
             projector / predictor: MLPs (box feature -> d, d -> d).
+            loss_reduction: "mean" over matched proposals (official code) or "sum" over K.
         """
         super().__init__()
         self.backbone = backbone
         self.roi_heads = ObjectHead(box_pooler, box_head)
         self.projector, self.predictor = projector, predictor
         self.in_features = tuple(in_features)
+        self.loss_reduction = loss_reduction
         self.target = MomentumTarget(self, ["backbone", "roi_heads.box_head", "projector"])
         self.register_pixel_stats(pixel_mean, pixel_std)
 
@@ -92,6 +94,7 @@ class SoCo(PixelNormalizeMixin, nn.Module):
             "in_features": c.IN_FEATURES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "loss_reduction": c.LOSS_REDUCTION,
         }
 
     def box_features(self, x, boxes, backbone=None, box_head=None):
@@ -125,7 +128,8 @@ class SoCo(PixelNormalizeMixin, nn.Module):
         (one per view) of (B, K, d)."""
         total = 0.0
         for v in range(1, len(preds)):
-            total = total + byol_loss(preds[0], targets[v]) + byol_loss(preds[v], targets[0])
+            r = self.loss_reduction
+            total = total + byol_loss(preds[0], targets[v], r) + byol_loss(preds[v], targets[0], r)
         return total
 
     def forward(self, batched_inputs):
