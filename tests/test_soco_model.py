@@ -85,13 +85,15 @@ def test_soco_loss_is_symmetrized_over_views(repo_root):
     preds = [torch.from_numpy(rng.randn(2, 3, 5)).float() for _ in range(3)]
     targets = [torch.from_numpy(rng.randn(2, 3, 5)).float() for _ in range(3)]
 
-    def ref(a, b):  # numpy: mean over images of the sum over proposals of 2 - 2 cos
+    def ref(a, b):  # numpy: mean over the matched (image, proposal) pairs of 2 - 2 cos
         a, b = a.numpy(), b.numpy()
         cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-        return (2 - 2 * cos).sum(1).mean()
+        return (2 - 2 * cos).mean()
 
     expected = sum(ref(preds[0], targets[v]) + ref(preds[v], targets[0]) for v in (1, 2))
     assert model.loss(preds, targets).item() == pytest.approx(expected, rel=1e-5)
+    model.loss_reduction = "sum"  # the paper's sum over the K = 3 proposals
+    assert model.loss(preds, targets).item() == pytest.approx(3 * expected, rel=1e-5)
 
 
 def test_target_gets_no_gradient_and_moves_by_ema(repo_root):

@@ -154,7 +154,9 @@ def generate_proposals(records, output, backend="detpre", backend_kwargs=None,
     else:
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers, _init_worker, init_args) as pool:
+        # spawn, not fork: a child forked after OpenCV/OpenMP started threads in this process
+        # (e.g. it just generated the demo data) can deadlock in cv2.setNumThreads
+        with mp.get_context("spawn").Pool(workers, _init_worker, init_args) as pool:
             for result in pool.imap(_process, todo, chunksize=4):
                 collect(result)
     if bar is not None:
