@@ -175,7 +175,9 @@ def add_jigsaw_config(cfg):
 def add_spcl_config(cfg):
     """SpCL (NeurIPS 2020): hybrid memory, self-paced clustering, re-ID."""
     _C = cfg
-    # [[name, root], ...]: Market-1501-style re-ID folders -> <name>_train, <name>_test.
+    # [[name, root, layout], ...]: re-ID releases as downloaded -> <name>_train and test splits;
+    # layout market1501 / dukemtmc / msmt17 / personx / veri776 / vehicleid / vehiclex, left
+    # out or "" = detected from the files (docs/spcl.md).
     _C.DATASETS.REID = []
     # [[name, detection_data_set], ...]: every ground-truth box of a registered detection data
     # set as one re-ID instance (crop).

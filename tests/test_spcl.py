@@ -50,7 +50,7 @@ def test_market_layout_protocol(tmp_path):
     bad = _market(tmp_path / "bad", {"bounding_box_train": ["img1.jpg"]})
     with pytest.raises(ValueError, match="PID_cCAM"):
         load_reid_train(bad, "x")
-    with pytest.raises(FileNotFoundError, match="REID.md"):
+    with pytest.raises(FileNotFoundError, match="spcl.md"):
         load_reid_test(bad, "x")
 
 

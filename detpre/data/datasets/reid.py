@@ -1,10 +1,11 @@
 """
 Re-ID data sets, registered from config keys (``register_reid_from_config(cfg)``):
 
-- ``DATASETS.REID = [[name, root], ...]``: a Market-1501-style folder (bounding_box_train/,
-  query/, bounding_box_test/, images named ``PID_cCAM...``) -> ``<name>_train`` and
-  ``<name>_test`` (query + gallery, evaluator_type "reid"). Junk images (id -1) are dropped,
-  distractors (id 0) stay in the gallery only, as Market's protocol does.
+- ``DATASETS.REID = [[name, root, layout], ...]``: a re-ID release as downloaded (layouts in
+  ``reid_layouts.py``: market1501, dukemtmc, msmt17, personx, veri776, vehicleid, vehiclex;
+  ``[name, root]`` or an empty layout detects it from the files) -> ``<name>_train`` and its
+  test splits (``<name>_test``; VehicleID: ``<name>_test_800/_1600/_2400``; VehicleX: none),
+  evaluator_type "reid" with the data set's ``reid_protocol``.
 - ``DATASETS.REID_CROPS = [[name, detection_data_set], ...]``: every ground-truth box of a
   registered detection data set is one instance (its own identity), cropped by the mapper, so
   detection data can be a re-ID source or target domain.
@@ -14,68 +15,50 @@ Train dicts carry ``pid`` (0..P-1), ``camid``, ``index`` (position in the data s
 ``reid_dataset`` (its name), which SpCL turns into memory indexes.
 """
 import os
-import re
 
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 
 from .catalog import register_once
 from .reid_demo import generate_reid_demo
+from .reid_layouts import LayoutError, ReIDLayout, detect_layout, get_layout, parse_reid_name
 
 __all__ = ["parse_reid_name", "load_reid_train", "load_reid_test", "load_reid_crops",
            "register_reid", "register_reid_crops", "register_reid_demo", "reid_demo_root",
-           "register_reid_from_config", "REID_DEMO_NAMES", "MemoryLayout", "reid_memory_layout"]
+           "register_reid_from_config", "REID_DEMO_NAMES", "MemoryLayout", "reid_memory_layout",
+           "LayoutError"]
 
 REID_DEMO_NAMES = ("detpre_reid_demo_train", "detpre_reid_demo_test")
-_NAME = re.compile(r"^(-?\d+)_c(\d+)")
-_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
-_LAYOUT_HELP = "see datasets/REID.md for the Market-1501 layout"
 
 
-def parse_reid_name(fname):
-    """``0002_c1s1_000451_03.jpg`` -> (2, 1); ``-1_c3s2_...`` -> (-1, 3). None if not re-ID named."""
-    m = _NAME.match(os.path.basename(fname))
-    return (int(m.group(1)), int(m.group(2))) if m else None
+def _layout(root, layout):
+    """(ReIDLayout, release folder) for a layout spec ("" = detect) under ``root``."""
+    if isinstance(layout, ReIDLayout):
+        lay = layout
+    else:
+        lay = get_layout(layout) if layout else detect_layout(root)
+    return lay, lay.resolve(root)
 
 
-def _scan(root, folder):
-    """[(path, pid, camid)] of ``root/folder``, sorted by file name, junk (-1) left out."""
-    d = os.path.join(root, folder)
-    if not os.path.isdir(d):
-        raise FileNotFoundError(f"re-ID folder {d} does not exist; {_LAYOUT_HELP}")
-    out = []
-    for f in sorted(os.listdir(d)):
-        if not f.lower().endswith(_EXTS):
-            continue
-        parsed = parse_reid_name(f)
-        if parsed is None:
-            raise ValueError(f"{os.path.join(d, f)}: name is not PID_cCAM... ({_LAYOUT_HELP}); "
-                             "rename it or move it out of the folder")
-        if parsed[0] != -1:
-            out.append((os.path.join(d, f), parsed[0], parsed[1]))
-    if not out:
-        raise ValueError(f"re-ID folder {d} holds no usable image; {_LAYOUT_HELP}")
-    return out
-
-
-def load_reid_train(root, name):
-    """bounding_box_train/ without junk and distractors, ids relabelled 0..P-1 in sorted order."""
-    items = [x for x in _scan(root, "bounding_box_train") if x[1] > 0]
+def load_reid_train(root, name, layout="market1501"):
+    """The layout's training images, ids relabelled 0..P-1 in sorted order."""
+    lay, root = _layout(root, layout)
+    items = lay.train(root)
     relabel = {p: i for i, p in enumerate(sorted({x[1] for x in items}))}
-    return [{"file_name": path, "image_id": os.path.basename(path), "pid": relabel[pid],
+    return [{"file_name": path, "image_id": os.path.relpath(path, root), "pid": relabel[pid],
              "orig_pid": pid, "camid": cam, "index": i, "reid_dataset": name}
             for i, (path, pid, cam) in enumerate(items)]
 
 
-def load_reid_test(root, name):
-    """query/ then bounding_box_test/ (distractors kept in the gallery), original ids."""
-    out = []
-    for split, folder in (("query", "query"), ("gallery", "bounding_box_test")):
-        for path, pid, cam in _scan(root, folder):
-            out.append({"file_name": path, "image_id": f"{split}/{os.path.basename(path)}",
-                        "pid": pid, "camid": cam, "reid_split": split, "index": len(out),
-                        "reid_dataset": name})
-    return out
+def load_reid_test(root, name, layout="market1501", split="test"):
+    """A test split: query then gallery (VehicleID: "test", all images), original ids."""
+    lay, root = _layout(root, layout)
+    if split not in lay.test_splits:
+        raise ValueError(f"the {lay.name} layout has test splits {list(lay.test_splits)}, "
+                         f"not {split!r}")
+    return [{"file_name": path, "image_id": f"{s}/{os.path.relpath(path, root)}", "pid": pid,
+             "camid": cam, "reid_split": s, "index": i, "reid_dataset": name}
+            for i, (path, pid, cam, s) in enumerate(lay.test(root, split))]
 
 
 def load_reid_crops(name, detection_name, min_size=2.0):
@@ -103,14 +86,25 @@ def load_reid_crops(name, detection_name, min_size=2.0):
     return out
 
 
-def register_reid(name, root):
-    """Register ``<name>_train`` and ``<name>_test`` for the Market-style folder ``root``."""
+def register_reid(name, root, layout=""):
+    """
+    Register ``<name>_train`` and the layout's test splits for the re-ID release at ``root``.
+    An empty ``layout`` is detected now when the files are there; otherwise the Market splits
+    are registered and loading them reports what the root lacks.
+    """
     root = os.path.abspath(os.path.expanduser(root))
-    register_once(f"{name}_train", ("reid", root, "train"),
-                  lambda: load_reid_train(root, f"{name}_train"), reid_root=root)
-    register_once(f"{name}_test", ("reid", root, "test"),
-                  lambda: load_reid_test(root, f"{name}_test"), reid_root=root,
-                  evaluator_type="reid")
+    lay = get_layout(layout) if layout else detect_layout(root, strict=False)
+    spec = layout or (lay.name if lay is not None else "")
+    splits = lay.test_splits if lay is not None else ("test",)
+    meta = {"reid_root": root, "reid_layout": lay.name if lay is not None else ""}
+    register_once(f"{name}_train", ("reid", root, spec, "train"),
+                  lambda: load_reid_train(root, f"{name}_train", spec), **meta)
+    for split in splits:
+        register_once(f"{name}_{split}", ("reid", root, spec, split),
+                      lambda split=split: load_reid_test(root, f"{name}_{split}", spec, split),
+                      evaluator_type="reid", reid_protocol=lay.protocol if lay else "market",
+                      **meta)
+    return [f"{name}_train"] + [f"{name}_{s}" for s in splits]
 
 
 def register_reid_crops(name, detection_name):
@@ -137,12 +131,12 @@ def register_reid_demo(root=None):
     return root
 
 
-def _pairs(cfg, key, form):
+def _entries(cfg, key, lengths, form):
     out = []
     for i, item in enumerate(cfg.DATASETS.get(key, [])):
-        if (not isinstance(item, (list, tuple)) or len(item) != 2
-                or not all(isinstance(v, str) and v for v in item)):
-            raise ValueError(f"DATASETS.{key}[{i}] = {item!r}: expected {form} (non-empty strings)")
+        if (not isinstance(item, (list, tuple)) or len(item) not in lengths
+                or not all(isinstance(v, str) for v in item) or not all(item[:2])):
+            raise ValueError(f"DATASETS.{key}[{i}] = {item!r}: expected {form} (strings)")
         out.append(tuple(item))
     return out
 
@@ -150,9 +144,9 @@ def _pairs(cfg, key, form):
 def register_reid_from_config(cfg):
     """Register DATASETS.REID, DATASETS.REID_CROPS and the re-ID demo; safe to repeat.
     Call it after the detection data sets are registered (crops read them lazily)."""
-    for name, root in _pairs(cfg, "REID", "[name, market_style_root]"):
-        register_reid(name, root)
-    for name, det in _pairs(cfg, "REID_CROPS", "[name, detection_data_set]"):
+    for item in _entries(cfg, "REID", (2, 3), "[name, root] or [name, root, layout]"):
+        register_reid(*item)
+    for name, det in _entries(cfg, "REID_CROPS", (2,), "[name, detection_data_set]"):
         register_reid_crops(name, det)
     register_reid_demo(reid_demo_root(cfg))
 
