@@ -18,7 +18,7 @@ from detpre.utils.io import atomic_open
 
 __all__ = [
     "DETECTOR_PREFIXES", "load_detpre_checkpoint", "export_weights", "save_model_zoo_file",
-    "coverage_report",
+    "coverage_report", "stored_config", "detector_config", "export_checked",
 ]
 
 # What each detector family takes from a pretrained checkpoint.
@@ -34,8 +34,8 @@ def _is_detpre_arch(name):
     return name in META_ARCH_REGISTRY and META_ARCH_REGISTRY.get(name).__module__.startswith("detpre.")
 
 
-def load_detpre_checkpoint(path):
-    """Returns ``(state_dict, meta_architecture)``; refuses files detpre did not train."""
+def _read_checkpoint(path):
+    """The whole dict of a detpre training checkpoint (run info included); refuses others."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
@@ -54,7 +54,78 @@ def load_detpre_checkpoint(path):
             f"{path}: meta-architecture {arch!r} is not a detpre pretraining architecture; a "
             "detectron2 detector checkpoint already loads through MODEL.WEIGHTS as it is."
         )
-    return ckpt["model"], arch
+    return ckpt
+
+
+def load_detpre_checkpoint(path):
+    """Returns ``(state_dict, meta_architecture)``; refuses files detpre did not train."""
+    ckpt = _read_checkpoint(path)
+    return ckpt["model"], ckpt["detpre"]["meta_architecture"]
+
+
+def stored_config(path):
+    """The config a detpre checkpoint was trained with (its run info), as a detpre CfgNode."""
+    from detectron2.config import CfgNode
+
+    from detpre.config import get_detpre_cfg
+
+    dump = _read_checkpoint(path)["detpre"].get("config")
+    if not dump:
+        raise ValueError(f"{path}: its run info holds no config; pass --config-file")
+    cfg = get_detpre_cfg()
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(dump))
+    return cfg
+
+
+# How a pretraining config becomes the detector it is checked against: the same ResNet / FPN /
+# box head definition, the detector's own meta-architecture.
+_DETECTOR_OVERRIDES = {
+    "mask_rcnn": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": True},
+    "faster_rcnn": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
+    "retinanet": {"META_ARCHITECTURE": "RetinaNet", "MASK_ON": False},
+    "backbone": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
+}
+
+
+def detector_config(cfg, detector=None):
+    """A copy of ``cfg`` built as ``detector`` (None: its own meta-architecture), on CPU, no weights."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    for k, v in _DETECTOR_OVERRIDES.get(detector, {}).items():
+        setattr(cfg.MODEL, k, v)
+    if detector == "retinanet" and cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone":
+        cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS, cfg.MODEL.LOAD_PROPOSALS = "cpu", "", False
+    return cfg
+
+
+def export_checked(checkpoint, detector="mask_rcnn", use_target=False, config_file=None):
+    """
+    Export ``checkpoint`` for ``detector`` and check it against the detector built from
+    ``config_file`` (the fine-tuning config) or, by default, from the config stored in the
+    checkpoint. Returns ``(weights, report, meta_architecture, checked_against)``; raises
+    ValueError when exported tensors do not fit the detector (nothing should be written then).
+    """
+    from detectron2.modeling import build_model
+
+    from detpre.config import get_detpre_cfg
+
+    state, arch = load_detpre_checkpoint(checkpoint)
+    weights = export_weights(state, detector, use_target=use_target)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"--config-file {config_file}: no such file (the fine-tuning "
+                                    "config to check the export against)")
+        cfg, against = detector_config(get_detpre_cfg(config_file)), config_file
+    else:
+        cfg, against = detector_config(stored_config(checkpoint), detector), f"{checkpoint} (its config)"
+    report = coverage_report(weights, build_model(cfg))
+    if report["shape_mismatch"]:
+        raise ValueError(
+            f"{len(report['shape_mismatch'])} exported tensors do not fit the detector of {against} "
+            f"(e.g. {report['shape_mismatch'][:3]}): pretraining and fine-tuning configs must define "
+            "the same ResNet/FPN/box head.")
+    return weights, report, arch, against
 
 
 def export_weights(state_dict, detector="mask_rcnn", use_target=False):

@@ -1,0 +1,77 @@
+"""
+``make demo``: does pretraining on the built-in demo data make a better detector? SoCo (on the
+`unlabeled` split's selective-search proposals) and Jigsaw (on `train`'s own boxes) are
+pretrained, exported and fine-tuned into the tiny Mask R-CNN on `train` with S seeds, next to
+random init with the same seeds and budget; AP on `val`, the paired margin and its interval.
+``smoke=True`` runs every method's pipeline (and a self-training round and SpCL) for a handful
+of iterations: CI's check that the newcomer's path works.
+"""
+import os
+
+from .runner import run_parallel, say, train
+from .transfer import Method, run_transfer
+
+__all__ = ["DEMO_METHODS", "FINETUNE_CONFIG", "expected_seconds", "run_demo", "run_smoke_extras"]
+
+FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
+DEMO_METHODS = {
+    "soco": "configs/demo/soco_R18_FPN_tiny.yaml",
+    "jigsaw": "configs/demo/jigsaw_R18_tiny.yaml",
+    "fastmoco": "configs/demo/fastmoco_R18_tiny.yaml",
+    "mocov3": "configs/demo/mocov3_R18_tiny.yaml",
+}
+# Seconds per iteration measured on a 2-core machine, one thread per run, two runs at once:
+# only for the time estimate printed before the demo starts.
+_S_PER_ITER = {"soco": 2.2, "jigsaw": 0.6, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8}
+_SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
+                "SOLVER.CHECKPOINT_PERIOD", "3"]
+
+
+def expected_seconds(methods, seeds, jobs=2):
+    """A rough total for the demo at its configs' iterations on 2 cores (printed up front)."""
+    from detpre.config import get_detpre_cfg
+
+    from .runner import repo_path
+
+    def it(cfg):
+        return get_detpre_cfg(repo_path(cfg)).SOLVER.MAX_ITER
+
+    pre = sorted((it(DEMO_METHODS[m]) * _S_PER_ITER[m] for m in methods), reverse=True)
+    pre_s = sum(pre[::jobs])  # the longest of each parallel pair
+    ft = it(FINETUNE_CONFIG) * _S_PER_ITER["finetune"] * (len(methods) + 1) * len(seeds) / jobs
+    return 60 + pre_s + ft + 30 * (len(methods) + 1)  # + data, proposals, exports and probes
+
+
+def run_demo(methods=("soco", "jigsaw"), seeds=(0, 1, 2), output_dir="output/demo", jobs=2,
+             finetune_opts=(), smoke=False):
+    """The demo's transfer result (see ``run_transfer``); ``smoke`` shrinks every run to a few
+    iterations and one seed."""
+    from detectron2.data import DatasetCatalog
+
+    from detpre.data.datasets import register_demo
+
+    unknown = [m for m in methods if m not in DEMO_METHODS]
+    if unknown:
+        raise ValueError(f"unknown demo methods {unknown}: use some of {sorted(DEMO_METHODS)}")
+    register_demo()
+    n = {s: len(DatasetCatalog.get(f"detpre_demo_{s}")) for s in ("train", "val", "unlabeled")}
+    say(f"[demo] data: {n} images under {os.path.abspath(os.path.join('datasets', 'detpre_demo'))}")
+    extra = _SMOKE_ITERS if smoke else []
+    ms = [Method(m, DEMO_METHODS[m], extra) for m in methods]
+    return run_transfer(ms, FINETUNE_CONFIG, output_dir, seeds=seeds, jobs=jobs,
+                        finetune_opts=[*extra, *finetune_opts])
+
+
+def run_smoke_extras(output_dir, jobs=2):
+    """A self-training round and SpCL (unsupervised) for a handful of iterations each."""
+    from .self_training import self_train
+
+    threads = 1 if jobs > 1 else None
+    spcl = lambda: train("configs/demo/spcl_usl_R18_tiny.yaml", os.path.join(output_dir, "spcl"),  # noqa: E731
+                         ["SOLVER.MAX_ITER", "4", "MODEL.SPCL.CLUSTER_PERIOD", "2", "TEST.EVAL_PERIOD", "0"],
+                         "spcl", threads)
+    st = lambda: self_train(  # noqa: E731
+        "configs/demo/mask_rcnn_R18_FPN_tiny.yaml", "configs/demo/self_training_mask_rcnn_R18_FPN_tiny.yaml",
+        os.path.join(output_dir, "self_training"), rounds=1, teacher_opts=_SMOKE_ITERS,
+        student_opts=_SMOKE_ITERS)
+    return run_parallel([spcl, st], jobs)

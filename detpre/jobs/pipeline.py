@@ -1,0 +1,84 @@
+"""
+The one pipeline behind the demo, the transfer benchmark and self-training: prerequisites of a
+pretraining config (proposals) -> pretrain -> export (checked against the fine-tuning detector)
+-> probe the exported backbone -> fine-tune from each init with S seeds -> AP on DATASETS.TEST.
+"""
+import os
+
+from detpre.checkpoint import export_checked, save_model_zoo_file
+from detpre.config import get_detpre_cfg
+
+from .runner import final_metrics, metrics_records, repo_path, run_logged, say, tool_command, train
+
+__all__ = ["prerequisite_opts", "ensure_prerequisites", "pretrain", "export", "probe", "finetune"]
+
+
+def prerequisite_opts(config, out_dir):
+    """Overrides that put a config's precomputed inputs (proposal files) under ``out_dir``."""
+    cfg = get_detpre_cfg(repo_path(config))
+    if not cfg.MODEL.LOAD_PROPOSALS:
+        return []
+    files = [os.path.join(out_dir, "proposals", f"{d}.pkl") for d in cfg.DATASETS.TRAIN]
+    return ["DATASETS.PROPOSAL_FILES_TRAIN", str(tuple(files))]
+
+
+def ensure_prerequisites(config, opts, label="", threads=None):
+    """Compute what ``config`` + ``opts`` reads but nothing trains: selective-search proposals of
+    its training sets (``tools/generate_proposals.py``). Returns seconds spent."""
+    cfg = get_detpre_cfg(repo_path(config), opts)
+    sec = 0.0
+    if cfg.MODEL.LOAD_PROPOSALS:
+        for name, path in zip(cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN):
+            if not os.path.isfile(path):
+                sec += run_logged(tool_command("generate_proposals", "--dataset", name, "--output", path),
+                                  path + ".log.txt", f"{label} proposals", threads=threads)
+    return sec
+
+
+def pretrain(config, out_dir, opts=(), label="", threads=None):
+    """Train ``config`` into ``out_dir``; returns its cost: wall seconds (None when done
+    before), iterations, median logged seconds/iteration and images/s."""
+    cfg = get_detpre_cfg(repo_path(config), opts)
+    wall = train(config, out_dir, opts, label, threads)
+    times = sorted(r["time"] for r in metrics_records(out_dir) if "time" in r)
+    spi = times[len(times) // 2] if times else float("nan")
+    return {"wall_s": wall, "iters": cfg.SOLVER.MAX_ITER, "s_per_iter": spi,
+            "train_s": spi * cfg.SOLVER.MAX_ITER, "images_per_s": cfg.SOLVER.IMS_PER_BATCH / spi}
+
+
+def export(checkpoint, path, finetune_config, detector="mask_rcnn"):
+    """The model-zoo file of ``checkpoint`` for ``detector``, checked against ``finetune_config``'s
+    detector (shape mismatches refused); reused when it exists. Returns ``(path, report)``."""
+    report = None
+    if not os.path.isfile(path):
+        weights, report, arch, _ = export_checked(checkpoint, detector, config_file=repo_path(finetune_config))
+        save_model_zoo_file(weights, path, author=f"detpre {arch}")
+        say(f"[export] {path}: fills {len(report['filled'])} keys, {len(report['random_init'])} stay random")
+    return path, report
+
+
+def probe(weights, config, train_dataset, test_dataset):
+    """kNN and linear-probe top-1 of the backbone in ``weights`` ("" = random) on object crops."""
+    import torch
+    from detectron2.data import DatasetCatalog
+
+    from detpre.data.datasets import register_from_config
+    from detpre.evaluation.backbone_probe import evaluate_backbone
+
+    cfg = get_detpre_cfg(repo_path(config))
+    register_from_config(cfg)
+    with torch.no_grad():
+        return evaluate_backbone(cfg, weights, DatasetCatalog.get(train_dataset),
+                                 DatasetCatalog.get(test_dataset))
+
+
+def finetune(config, out_dir, weights=None, seed=0, opts=(), label="", threads=None):
+    """Fine-tune ``config`` from ``weights`` (None: random init) with ``SEED seed``; returns the
+    final evaluation record (``bbox/AP``, ...) and the wall seconds (None when done before)."""
+    init = ["MODEL.WEIGHTS", weights] if weights else []
+    sec = train(config, out_dir, [*init, "SEED", seed, *opts], label, threads)
+    metrics = final_metrics(out_dir)
+    if not metrics:
+        raise RuntimeError(f"{out_dir}: the fine-tuning run wrote no evaluation (bbox/AP) to "
+                           "metrics.json; does the config set DATASETS.TEST?")
+    return metrics, sec

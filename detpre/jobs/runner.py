@@ -1,0 +1,135 @@
+"""
+The job runner: each step runs the command a user would type in a subprocess, appends its
+output to a log, prints a progress line (iteration/total, ETA) at least every ``PROGRESS_S``
+seconds, is skipped when its output is finished and resumes (``--resume``) when it was killed.
+Tools and configs are found relative to the package, so a job runs from any directory.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+__all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "is_finished",
+           "train", "metrics_records", "final_metrics", "PROGRESS_S"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROGRESS_S = 20.0
+_PRINT_LOCK = threading.Lock()
+_D2_LINE = re.compile(r"eta: (?P<eta>\S+)\s+iter: (?P<iter>\d+)\s+total_loss: (?P<loss>\S+)")
+
+
+def repo_path(path):
+    """``path`` as given when it exists (relative to the current directory), else relative to
+    the repository (``configs/...`` from anywhere)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    return str(REPO_ROOT / p)
+
+
+def tool_command(tool, *args):
+    """``python tools/<tool>.py args...`` with this interpreter and the repository's tools/."""
+    return [sys.executable, str(REPO_ROOT / "tools" / f"{tool}.py"), *map(str, args)]
+
+
+def say(msg):
+    with _PRINT_LOCK:
+        print(msg, flush=True)
+
+
+def run_logged(cmd, log, label="", total_iter=None, threads=None):
+    """
+    Run ``cmd`` with its output appended to ``log``; print detectron2's progress as
+    ``[label] iter i/total, eta`` at most every ``PROGRESS_S`` seconds. ``threads`` sets
+    OMP_NUM_THREADS for the command (two parallel runs on 2 cores: 1 each). Returns seconds;
+    raises with the log's last lines when the command fails.
+    """
+    cmd = [str(c) for c in cmd]
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    label = label or os.path.basename(cmd[1] if cmd[0] == sys.executable else cmd[0])
+    shown = [c for c in (cmd[1:] if cmd[0] == sys.executable else cmd)]
+    say(f"[{label}] $ {' '.join(os.path.relpath(c) if c.startswith(str(REPO_ROOT)) else c for c in shown)}")
+    t0 = last = time.time()
+    with open(log, "a") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, bufsize=1)
+        for line in proc.stdout:
+            f.write(line)
+            m = _D2_LINE.search(line)
+            if m and time.time() - last >= PROGRESS_S:
+                last = time.time()
+                it = int(m["iter"]) + 1
+                of = f"/{total_iter}" if total_iter else ""
+                say(f"[{label}] iter {it}{of}, loss {m['loss']}, eta {m['eta']}, {last - t0:.0f}s so far")
+        rc = proc.wait()
+    if rc != 0:
+        with open(log) as f:
+            tail = "".join(f.readlines()[-30:])
+        raise RuntimeError(f"[{label}] command failed (exit {rc}); last lines of {log}:\n{tail}")
+    sec = time.time() - t0
+    say(f"[{label}] done in {sec:.0f}s")
+    return sec
+
+
+def run_parallel(fns, jobs=1):
+    """Call each of ``fns`` (no arguments) with at most ``jobs`` at once; their results in order."""
+    if jobs <= 1 or len(fns) <= 1:
+        return [fn() for fn in fns]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [f.result() for f in [pool.submit(fn) for fn in fns]]
+
+
+def is_finished(out_dir):
+    """A run is finished when its ``model_final.pth`` exists and loads (a 0-byte or truncated
+    file from a killed save is not finished)."""
+    path = os.path.join(out_dir, "model_final.pth")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    return True
+
+
+def train(config, out_dir, opts=(), label="", threads=None, log_name="log_job.txt"):
+    """``tools/train_net.py --config-file config --resume OUTPUT_DIR out_dir opts``; returns
+    seconds, or None when the run had finished before (skipped)."""
+    from detpre.config import get_detpre_cfg
+
+    if is_finished(out_dir):
+        say(f"[{label or out_dir}] finished before: {out_dir}")
+        return None
+    config = repo_path(config)
+    opts = [str(o) for o in opts]
+    total = get_detpre_cfg(config, opts).SOLVER.MAX_ITER
+    cmd = tool_command("train_net", "--config-file", config, "--resume", "OUTPUT_DIR", out_dir, *opts)
+    return run_logged(cmd, os.path.join(out_dir, log_name), label, total, threads)
+
+
+def metrics_records(out_dir):
+    """Every record of ``out_dir/metrics.json`` (detectron2's JSONWriter), [] when absent."""
+    path = os.path.join(out_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def final_metrics(out_dir):
+    """The last evaluation record (one with ``bbox/AP``) in ``out_dir/metrics.json``, or {}."""
+    found = {}
+    for r in metrics_records(out_dir):
+        if "bbox/AP" in r:
+            found = r
+    return found

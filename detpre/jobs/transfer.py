@@ -1,0 +1,124 @@
+"""
+Transfer benchmark: does a pretraining make a better detector than random init? Each method is
+pretrained (for its config's iterations, or for an equal wall-clock budget), exported, probed
+(kNN / linear top-1 of its backbone on object crops: cheap and far less noisy than AP), and the
+fine-tuning config is trained from every init with S seeds. Rows give mean +- std of AP and the
+difference to random init paired by seed, with its 95% t-interval.
+"""
+import math
+import os
+
+from detpre.config import get_detpre_cfg
+from detpre.utils.io import write_json_atomic
+
+from .pipeline import ensure_prerequisites, export, finetune, prerequisite_opts, pretrain, probe
+from .runner import repo_path, run_parallel
+from .stats import mean_std, paired_difference
+
+__all__ = ["Method", "schedule_opts", "calibrated_iters", "run_transfer", "METRICS"]
+
+METRICS = (("box AP", "bbox/AP"), ("box AP50", "bbox/AP50"), ("mask AP", "segm/AP"))
+
+
+class Method:
+    """A pretraining to compare: a name, its config and overrides."""
+
+    def __init__(self, name, config, opts=()):
+        self.name, self.config, self.opts = name, config, [str(o) for o in opts]
+
+    def __repr__(self):
+        return f"Method({self.name!r}, {self.config!r})"
+
+
+def schedule_opts(cfg, iters):
+    """Config overrides that fit ``cfg``'s LR schedule into ``iters`` iterations."""
+    ratio = iters / float(cfg.SOLVER.MAX_ITER)
+    steps = tuple(sorted({max(1, min(iters - 1, int(round(s * ratio)))) for s in cfg.SOLVER.STEPS}))
+    warmup = min(int(round(cfg.SOLVER.WARMUP_ITERS * ratio)), iters // 2)
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps),
+            "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(iters)]
+
+
+def calibrated_iters(cfg, budget_s, cache, calibration_iters=20):
+    """Iterations of ``cfg`` that fit ``budget_s`` seconds, from a timed run of its real Trainer
+    (the step timer), cached in ``cache``."""
+    import json
+
+    if not os.path.isfile(cache):
+        from detpre.engine.pretrain_benchmark import benchmark_pretrain
+
+        write_json_atomic(benchmark_pretrain(cfg, iters=calibration_iters,
+                                             warmup=min(3, calibration_iters - 1)), cache, indent=1)
+    with open(cache) as f:
+        spi = json.load(f)["iteration_s"]
+    return max(1, int(math.floor(budget_s / spi)))
+
+
+def _summary(runs, baseline):
+    """Mean +- std of each metric over seeds and the paired difference to ``baseline``'s runs."""
+    out = {}
+    for label, key in METRICS:
+        vals = [r.get(key, math.nan) for r in runs]
+        m, s = mean_std(vals)
+        out[label] = {"mean": m, "std": s, "values": vals}
+        if baseline is not None and baseline is not runs:
+            out[label]["vs_random"] = paired_difference(vals, [r.get(key, math.nan) for r in baseline])
+    return out
+
+
+def run_transfer(methods, finetune_config, output_dir, seeds=(0, 1, 2), jobs=2, finetune_opts=(),
+                 budget_s=None, probe_datasets=None, calibration_iters=20):
+    """
+    Run the benchmark into ``output_dir``; returns ``{"rows": [...], ...}`` (also written to
+    ``output_dir/benchmark_transfer.json``). ``jobs`` runs go at once (one thread each when
+    more than one); every finished step is reused, a killed one resumes.
+    """
+    threads = 1 if jobs > 1 else None
+    seeds = [int(s) for s in seeds]
+    ft_cfg = get_detpre_cfg(repo_path(finetune_config), finetune_opts)
+    train_set, test_set = probe_datasets or (ft_cfg.DATASETS.TRAIN[0], ft_cfg.DATASETS.TEST[0])
+    os.makedirs(output_dir, exist_ok=True)
+
+    plans = []
+    for m in methods:
+        opts = prerequisite_opts(m.config, output_dir) + m.opts
+        if budget_s:
+            base = os.path.join(output_dir, m.name)
+            os.makedirs(base, exist_ok=True)
+            cfg = get_detpre_cfg(repo_path(m.config), opts)
+            opts += schedule_opts(cfg, calibrated_iters(cfg, budget_s, os.path.join(base, "calibration.json"),
+                                                        calibration_iters))
+        plans.append((m, opts))
+    for m, opts in plans:  # proposals use every core: one at a time, before any training
+        ensure_prerequisites(m.config, opts, m.name)
+
+    costs = run_parallel([lambda m=m, o=opts: pretrain(m.config, os.path.join(output_dir, m.name, "pretrain"),
+                                                       o, f"{m.name} pretraining", threads)
+                          for m, opts in plans], jobs)
+    inits = [("random init", None, None)]
+    for (m, _), cost in zip(plans, costs):
+        ckpt = os.path.join(output_dir, m.name, "pretrain", "model_final.pth")
+        weights, _ = export(ckpt, os.path.join(output_dir, m.name, "export.pkl"), finetune_config)
+        inits.append((m.name, weights, cost))
+
+    rows = []
+    for name, weights, cost in inits:
+        rows.append({"init": name, "weights": weights, "pretrain": cost,
+                     "probe": probe(weights or "", finetune_config, train_set, test_set)})
+
+    def job(name, weights, seed):
+        out = os.path.join(output_dir, "finetune", name.replace(" ", "_"), f"seed{seed}")
+        return finetune(finetune_config, out, weights, seed, finetune_opts, f"fine-tune {name} seed {seed}", threads)
+
+    tasks = [(r, s) for s in seeds for r in rows]  # seed-major: every init advances together
+    results = run_parallel([lambda r=r, s=s: job(r["init"], r["weights"], s) for r, s in tasks], jobs)
+    for r in rows:
+        r["finetune"] = [res[0] for (row, _), res in zip(tasks, results) if row is r]
+        r["finetune_s"] = [res[1] for (row, _), res in zip(tasks, results) if row is r]
+    baseline = rows[0]["finetune"]
+    for r in rows:
+        r["summary"] = _summary(r["finetune"], baseline)
+    result = {"finetune_config": finetune_config, "finetune_opts": list(finetune_opts), "seeds": seeds,
+              "budget_s": budget_s, "probe_datasets": [train_set, test_set], "rows": rows}
+    write_json_atomic(result, os.path.join(output_dir, "benchmark_transfer.json"), indent=1)
+    return result
