@@ -258,8 +258,12 @@ def add_self_training_config(cfg):
     _C.SELF_TRAINING.LOSS_NORM = True
     # a: weight of the pseudo-labeled stream's loss.
     _C.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
-    # EMA momentum of the moving averages avg L_h, avg L_p (initialized with the first values).
+    # EMA momentum of the moving averages avg L_h, avg L_p (the running mean over the first
+    # 1 / (1 - momentum) steps, then the EMA).
     _C.SELF_TRAINING.LOSS_NORM_MOMENTUM = 0.99
+    # Steps before the ratio avg L_h / avg L_p is used (1 until then): the first steps' averages
+    # are a handful of values, and a near-zero pseudo loss among them gave a huge pseudo weight.
+    _C.SELF_TRAINING.LOSS_NORM_WARMUP = 100
     # Pseudo-label score threshold (the paper's hard threshold) and optional per-class ones
     # (a list of NUM_CLASSES floats, contiguous class order; [] = SCORE_THRESHOLD for all).
     _C.SELF_TRAINING.SCORE_THRESHOLD = 0.5
