@@ -32,7 +32,8 @@ def add_trainer_config(cfg):
     _C.DETPRE = CN()
     # Names in detpre's HOOK_REGISTRY appended to DefaultTrainer's hooks (before checkpointing).
     _C.DETPRE.HOOKS = []
-    # "SGD" (detectron2's), "LARS" (self-supervised recipes) or "AdamW".
+    # "SGD" (detectron2's), "LARS" (self-supervised recipes), "AdamW" or "Adam" (coupled L2, SpCL).
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one global norm (Fast-MoCo).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.LARS = CN()
     # LARS trust coefficient.
@@ -112,16 +113,25 @@ def add_fastmoco_config(cfg):
     _C.MODEL.FASTMOCO.COMBINE_SIZE = 2
     # "other": combinations of view 1 predict view 2's target (the paper); "same": view 1's.
     _C.MODEL.FASTMOCO.TARGET_VIEW = "other"
-    # InfoNCE temperature tau (the loss is scaled by 2 * tau, as MoCo v3).
+    # InfoNCE temperature tau.
     _C.MODEL.FASTMOCO.TEMPERATURE = 1.0
+    # s in the loss s * (ctr_1 + ctr_2) / 2 (each ctr the InfoNCE averaged over combinations);
+    # 0 = the method's official scale: 1 for Fast-MoCo (its code), 4 * tau for MoCo v3 (COMBINE
+    # "off": 2 tau per direction, the two summed).
+    _C.MODEL.FASTMOCO.LOSS_SCALE = 0.0
     # Backbone feature that is globally pooled into the embedding.
     _C.MODEL.FASTMOCO.IN_FEATURE = "res5"
-    # Projector: PROJ_LAYERS Linear layers, hidden HIDDEN_DIM, output PROJ_DIM, BN after the last.
+    # Projector: PROJ_LAYERS Linear layers, hidden HIDDEN_DIM, output PROJ_DIM, BN after the last
+    # (MoCo v3 ResNet: 2 layers 4096 -> 256, BN without affine; Fast-MoCo: 3 layers
+    # 2048-2048-2048, BN with affine, PROJ_LAST_AFFINE True).
     _C.MODEL.FASTMOCO.PROJ_DIM = 256
     _C.MODEL.FASTMOCO.HIDDEN_DIM = 4096
     _C.MODEL.FASTMOCO.PROJ_LAYERS = 2
-    # Predictor: PRED_LAYERS Linear layers, PROJ_DIM -> HIDDEN_DIM -> PROJ_DIM.
+    _C.MODEL.FASTMOCO.PROJ_LAST_AFFINE = False
+    # Predictor: PRED_LAYERS Linear layers, PROJ_DIM -> PRED_HIDDEN_DIM -> PROJ_DIM
+    # (0 = HIDDEN_DIM, MoCo v3's; Fast-MoCo's bottleneck: 512).
     _C.MODEL.FASTMOCO.PRED_LAYERS = 2
+    _C.MODEL.FASTMOCO.PRED_HIDDEN_DIM = 0
     # Normalization in the MLP heads: "BN", "SyncBN" (multi-GPU) or "".
     _C.MODEL.FASTMOCO.HEAD_NORM = "BN"
     # Take negatives (keys) from every process, as MoCo v3.
@@ -136,6 +146,9 @@ def add_fastmoco_config(cfg):
     _C.INPUT.TWO_VIEW.RATIO = (3.0 / 4.0, 4.0 / 3.0)
     # Gaussian-blur sigma multiplier (BYOL's 0.1-2.0 is for 224 px views).
     _C.INPUT.TWO_VIEW.SIGMA_SCALE = 1.0
+    # Photometric views: "byol" (asymmetric, MoCo v3's ResNet recipe) or "mocov2" (symmetric:
+    # jitter 0.4/0.4/0.4/0.1 at p 0.8, grey p 0.2, blur p 0.5, no solarization; Fast-MoCo's).
+    _C.INPUT.TWO_VIEW.AUGMENT = "byol"
 
 
 def add_jigsaw_config(cfg):
