@@ -99,6 +99,11 @@ def add_soco_config(cfg):
     _C.INPUT.SOCO.RANDOM_PROPOSALS = 32
     # Gaussian-blur sigma multiplier (BYOL's 0.1-2.0 is for 224 px views).
     _C.INPUT.SOCO.SIGMA_SCALE = 1.0
+    # Box cutout on V2 and V3 (SoCo's code, its 100-epoch FPN recipe: 0.5, 0.1-0.3): with this
+    # probability per box, a square of U(CUTOUT_RATIO) of the box's area inside it is filled
+    # with MODEL.PIXEL_MEAN. 0 = off.
+    _C.INPUT.SOCO.CUTOUT_PROB = 0.0
+    _C.INPUT.SOCO.CUTOUT_RATIO = (0.1, 0.3)
 
 
 def add_fastmoco_config(cfg):
