@@ -213,15 +213,26 @@ def add_spcl_config(cfg):
     # "avg" or "gem" (generalized mean pooling with exponent GEM_P).
     _C.MODEL.SPCL.POOLING = "avg"
     _C.MODEL.SPCL.GEM_P = 3.0
-    # Domain-specific BN (one set of BN statistics/affines for source, one for target).
+    # Domain-specific BN (one set of BN statistics/affines for source, one for target; SpCL's
+    # UDA recipe, on in configs/spcl/spcl_uda_*).
     _C.MODEL.SPCL.DSBN = False
+    # UDA loss: loss_s + loss_t, each the mean over its domain's images (SpCL's trainer); False
+    # = one mean over the whole batch.
+    _C.MODEL.SPCL.LOSS_PER_DOMAIN = True
+    # Stride of res5: 1 as SpCL's ResNet-50 (its layer4 unstrided), 2 = detectron2's.
+    _C.MODEL.SPCL.LAST_STRIDE = 1
+    # K images per source identity in DATALOADER.SAMPLER_TRAIN "IdentityBalancedSampler" (half
+    # of each batch P x K source images, half random target images, SpCL's 64 + 64).
+    _C.MODEL.SPCL.NUM_INSTANCES = 4
     # Temperature of the unified contrastive loss (the paper: 0.05).
     _C.MODEL.SPCL.TEMPERATURE = 0.05
     # Memory momentum m: entry <- m * entry + (1 - m) * batch feature (the paper: 0.2).
     _C.MODEL.SPCL.MOMENTUM = 0.2
-    # Iterations between clusterings (one SpCL "epoch"; the paper: 400).
+    # Iterations between clusterings (one SpCL "epoch"; the official code: 400, 800 with MSMT17
+    # as the target).
     _C.MODEL.SPCL.CLUSTER_PERIOD = 400
-    # k-reciprocal Jaccard distance: k1 neighbours, k2 for query expansion (the paper: 30, 6).
+    # k-reciprocal Jaccard distance: k1 neighbours (the point itself among them, as SpCL's code
+    # counts), k2 for query expansion (the paper: 30, 6).
     _C.MODEL.SPCL.K1 = 30
     _C.MODEL.SPCL.K2 = 6
     # DBSCAN radius, gap to the tighter/looser radii of the reliability criterion, min samples.
