@@ -1,7 +1,7 @@
 """``SOLVER.OPTIMIZER`` -> an optimizer; SGD stays exactly detectron2's."""
 import torch
 from detectron2.solver import build_optimizer as d2_build_optimizer
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import maybe_add_gradient_clipping
 
 from .lars import LARS
 from .paper_recipes import add_full_model_clipping, build_adam, wants_full_model_clipping
@@ -39,16 +39,7 @@ def build_optimizer(cfg, model):
             eta=cfg.SOLVER.LARS.ETA,
         )
     if name == "ADAMW":
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-        )
+        return build_adam(cfg, model, maybe_add_gradient_clipping(cfg, torch.optim.AdamW))
     if name == "ADAM":  # coupled L2 (SpCL), see paper_recipes.py
         return build_adam(cfg, model, maybe_add_gradient_clipping(cfg, torch.optim.Adam))
     raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: use SGD, LARS, AdamW or Adam")

@@ -37,8 +37,9 @@ def add_full_model_clipping(optimizer, max_norm, norm_type=2.0):
 
 
 def build_adam(cfg, model, optimizer_cls=torch.optim.Adam):
-    """Adam, L2 ``SOLVER.WEIGHT_DECAY`` added to the gradient (``WEIGHT_DECAY_NORM`` /
-    ``_BIAS`` for those parameters; SpCL decays every parameter: set them equal)."""
+    """Adam (L2 ``SOLVER.WEIGHT_DECAY`` added to the gradient) or AdamW (``optimizer_cls``,
+    decoupled decay) over detectron2's parameter groups (``WEIGHT_DECAY_NORM`` / ``_BIAS`` for
+    those parameters; SpCL decays every parameter: set them equal)."""
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
