@@ -32,7 +32,8 @@ def add_trainer_config(cfg):
     _C.DETPRE = CN()
     # Names in detpre's HOOK_REGISTRY appended to DefaultTrainer's hooks (before checkpointing).
     _C.DETPRE.HOOKS = []
-    # "SGD" (detectron2's), "LARS" (self-supervised recipes) or "AdamW".
+    # "SGD" (detectron2's), "LARS" (self-supervised recipes), "AdamW" or "Adam" (coupled L2, SpCL).
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one global norm (Fast-MoCo).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.LARS = CN()
     # LARS trust coefficient.
@@ -98,6 +99,11 @@ def add_soco_config(cfg):
     _C.INPUT.SOCO.RANDOM_PROPOSALS = 32
     # Gaussian-blur sigma multiplier (BYOL's 0.1-2.0 is for 224 px views).
     _C.INPUT.SOCO.SIGMA_SCALE = 1.0
+    # Box cutout on V2 and V3 (SoCo's code, its 100-epoch FPN recipe: 0.5, 0.1-0.3): with this
+    # probability per box, a square of U(CUTOUT_RATIO) of the box's area inside it is filled
+    # with MODEL.PIXEL_MEAN. 0 = off.
+    _C.INPUT.SOCO.CUTOUT_PROB = 0.0
+    _C.INPUT.SOCO.CUTOUT_RATIO = (0.1, 0.3)
 
 
 def add_fastmoco_config(cfg):
@@ -112,16 +118,25 @@ def add_fastmoco_config(cfg):
     _C.MODEL.FASTMOCO.COMBINE_SIZE = 2
     # "other": combinations of view 1 predict view 2's target (the paper); "same": view 1's.
     _C.MODEL.FASTMOCO.TARGET_VIEW = "other"
-    # InfoNCE temperature tau (the loss is scaled by 2 * tau, as MoCo v3).
+    # InfoNCE temperature tau.
     _C.MODEL.FASTMOCO.TEMPERATURE = 1.0
+    # s in the loss s * (ctr_1 + ctr_2) / 2 (each ctr the InfoNCE averaged over combinations);
+    # 0 = the method's official scale: 1 for Fast-MoCo (its code), 4 * tau for MoCo v3 (COMBINE
+    # "off": 2 tau per direction, the two summed).
+    _C.MODEL.FASTMOCO.LOSS_SCALE = 0.0
     # Backbone feature that is globally pooled into the embedding.
     _C.MODEL.FASTMOCO.IN_FEATURE = "res5"
-    # Projector: PROJ_LAYERS Linear layers, hidden HIDDEN_DIM, output PROJ_DIM, BN after the last.
+    # Projector: PROJ_LAYERS Linear layers, hidden HIDDEN_DIM, output PROJ_DIM, BN after the last
+    # (MoCo v3 ResNet: 2 layers 4096 -> 256, BN without affine; Fast-MoCo: 3 layers
+    # 2048-2048-2048, BN with affine, PROJ_LAST_AFFINE True).
     _C.MODEL.FASTMOCO.PROJ_DIM = 256
     _C.MODEL.FASTMOCO.HIDDEN_DIM = 4096
     _C.MODEL.FASTMOCO.PROJ_LAYERS = 2
-    # Predictor: PRED_LAYERS Linear layers, PROJ_DIM -> HIDDEN_DIM -> PROJ_DIM.
+    _C.MODEL.FASTMOCO.PROJ_LAST_AFFINE = False
+    # Predictor: PRED_LAYERS Linear layers, PROJ_DIM -> PRED_HIDDEN_DIM -> PROJ_DIM
+    # (0 = HIDDEN_DIM, MoCo v3's; Fast-MoCo's bottleneck: 512).
     _C.MODEL.FASTMOCO.PRED_LAYERS = 2
+    _C.MODEL.FASTMOCO.PRED_HIDDEN_DIM = 0
     # Normalization in the MLP heads: "BN", "SyncBN" (multi-GPU) or "".
     _C.MODEL.FASTMOCO.HEAD_NORM = "BN"
     # Take negatives (keys) from every process, as MoCo v3.
@@ -136,6 +151,9 @@ def add_fastmoco_config(cfg):
     _C.INPUT.TWO_VIEW.RATIO = (3.0 / 4.0, 4.0 / 3.0)
     # Gaussian-blur sigma multiplier (BYOL's 0.1-2.0 is for 224 px views).
     _C.INPUT.TWO_VIEW.SIGMA_SCALE = 1.0
+    # Photometric views: "byol" (asymmetric, MoCo v3's ResNet recipe) or "mocov2" (symmetric:
+    # jitter 0.4/0.4/0.4/0.1 at p 0.8, grey p 0.2, blur p 0.5, no solarization; Fast-MoCo's).
+    _C.INPUT.TWO_VIEW.AUGMENT = "byol"
 
 
 def add_jigsaw_config(cfg):
@@ -197,15 +215,26 @@ def add_spcl_config(cfg):
     # "avg" or "gem" (generalized mean pooling with exponent GEM_P).
     _C.MODEL.SPCL.POOLING = "avg"
     _C.MODEL.SPCL.GEM_P = 3.0
-    # Domain-specific BN (one set of BN statistics/affines for source, one for target).
+    # Domain-specific BN (one set of BN statistics/affines for source, one for target; SpCL's
+    # UDA recipe, on in configs/spcl/spcl_uda_*).
     _C.MODEL.SPCL.DSBN = False
+    # UDA loss: loss_s + loss_t, each the mean over its domain's images (SpCL's trainer); False
+    # = one mean over the whole batch.
+    _C.MODEL.SPCL.LOSS_PER_DOMAIN = True
+    # Stride of res5: 1 as SpCL's ResNet-50 (its layer4 unstrided), 2 = detectron2's.
+    _C.MODEL.SPCL.LAST_STRIDE = 1
+    # K images per source identity in DATALOADER.SAMPLER_TRAIN "IdentityBalancedSampler" (half
+    # of each batch P x K source images, half random target images, SpCL's 64 + 64).
+    _C.MODEL.SPCL.NUM_INSTANCES = 4
     # Temperature of the unified contrastive loss (the paper: 0.05).
     _C.MODEL.SPCL.TEMPERATURE = 0.05
     # Memory momentum m: entry <- m * entry + (1 - m) * batch feature (the paper: 0.2).
     _C.MODEL.SPCL.MOMENTUM = 0.2
-    # Iterations between clusterings (one SpCL "epoch"; the paper: 400).
+    # Iterations between clusterings (one SpCL "epoch"; the official code: 400, 800 with MSMT17
+    # as the target).
     _C.MODEL.SPCL.CLUSTER_PERIOD = 400
-    # k-reciprocal Jaccard distance: k1 neighbours, k2 for query expansion (the paper: 30, 6).
+    # k-reciprocal Jaccard distance: k1 neighbours (the point itself among them, as SpCL's code
+    # counts), k2 for query expansion (the paper: 30, 6).
     _C.MODEL.SPCL.K1 = 30
     _C.MODEL.SPCL.K2 = 6
     # DBSCAN radius, gap to the tighter/looser radii of the reliability criterion, min samples.
@@ -260,8 +289,12 @@ def add_self_training_config(cfg):
     _C.SELF_TRAINING.LOSS_NORM = True
     # a: weight of the pseudo-labeled stream's loss.
     _C.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
-    # EMA momentum of the moving averages avg L_h, avg L_p (initialized with the first values).
+    # EMA momentum of the moving averages avg L_h, avg L_p (the running mean over the first
+    # 1 / (1 - momentum) steps, then the EMA).
     _C.SELF_TRAINING.LOSS_NORM_MOMENTUM = 0.99
+    # Steps before the ratio avg L_h / avg L_p is used (1 until then): the first steps' averages
+    # are a handful of values, and a near-zero pseudo loss among them gave a huge pseudo weight.
+    _C.SELF_TRAINING.LOSS_NORM_WARMUP = 100
     # Pseudo-label score threshold (the paper's hard threshold) and optional per-class ones
     # (a list of NUM_CLASSES floats, contiguous class order; [] = SCORE_THRESHOLD for all).
     _C.SELF_TRAINING.SCORE_THRESHOLD = 0.5

@@ -17,7 +17,7 @@ def _blobs(num_ids, per_id, dim, noise, seed=0):
 
 
 def _dense_jaccard(x, k1, k2):
-    """Straightforward dense k-reciprocal Jaccard distance (the re-ranking paper's algorithm)."""
+    """Straightforward dense k-reciprocal Jaccard distance, k1 counted as SpCL's code does."""
     x = x.double().numpy()
     n = len(x)
     d = 2 - 2 * x @ x.T
@@ -25,9 +25,13 @@ def _dense_jaccard(x, k1, k2):
     np.fill_diagonal(sim, np.inf)
     rank = np.argsort(-sim, axis=1, kind="stable")
 
+    # SpCL's faiss_rerank.py: initial_rank holds k1 neighbours (self first) and
+    # k_reciprocal_neigh slices [:k + 1] of it, so k1 itself takes k1 columns, k1/2 takes k1/2 + 1
+    initial_rank = rank[:, :k1]
+
     def recip(i, k):
-        fwd = rank[i, :k + 1]
-        return np.array([j for j in fwd if i in rank[j, :k + 1]])
+        fwd = initial_rank[i, :k + 1]
+        return np.array([j for j in fwd if i in initial_rank[j, :k + 1]])
 
     V = np.zeros((n, n))
     for i in range(n):
@@ -58,7 +62,7 @@ def test_knn_search_is_exact_and_self_first():
         assert torch.allclose(ref[i, idx[i, 1:]], top, atol=1e-6)
 
 
-@pytest.mark.parametrize("k1,k2", [(6, 3), (8, 1)])
+@pytest.mark.parametrize("k1,k2", [(6, 3), (8, 1), (7, 2)])
 def test_sparse_jaccard_matches_dense(k1, k2):
     x, _ = _blobs(6, 7, 16, 0.4, seed=1)
     dense = _dense_jaccard(x, k1, k2)

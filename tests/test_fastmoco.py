@@ -84,17 +84,38 @@ def test_query_encodes_patches_in_one_batch_and_returns_one_prediction_per_combi
     assert tiny_model(combine="off").query(torch.randn(4, 3, 32, 32)).shape == (4, 1, 8)
 
 
+def official_fastmoco_loss(q1, q2, k1, k2, t):
+    """Fast-MoCo's code (core/loss_functions/infoNCE.py): the combinations' predictions split
+    into C chunks of B rows, one CE(p.z_other / t) per chunk and direction, the 2C summed / 2C."""
+    nz = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    total, count = 0.0, 0
+    for q, k in ((q1, k2), (q2, k1)):
+        for c in range(q.shape[1]):
+            logits = nz(q[:, c]) @ nz(k).T / t
+            ce = -(np.diag(logits) - np.log(np.exp(logits).sum(1))).mean()
+            total, count = total + ce, count + 1
+    return total / count
+
+
 @pytest.mark.parametrize("t", [1.0, 0.2])
 def test_loss_is_the_symmetrized_infonce_against_the_other_or_same_view(t):
     torch.manual_seed(1)
     q1, q2 = torch.randn(4, 6, 8), torch.randn(4, 6, 8)
     k1, k2 = torch.randn(4, 8), torch.randn(4, 8)
     n = lambda a: a.double().numpy()  # noqa: E731
+    # default LOSS_SCALE 0: Fast-MoCo's official normalization, (ctr_1 + ctr_2) / 2
     other = tiny_model(temperature=t).loss(q1, q2, k1, k2).item()
-    assert other == pytest.approx(numpy_infonce(n(q1), n(k2), t) + numpy_infonce(n(q2), n(k1), t), rel=1e-5)
+    assert other == pytest.approx(official_fastmoco_loss(n(q1), n(q2), n(k1), n(k2), t), rel=1e-5)
+    assert other == pytest.approx((numpy_infonce(n(q1), n(k2), t) + numpy_infonce(n(q2), n(k1), t))
+                                  / (4 * t), rel=1e-5)
     same = tiny_model(temperature=t, target_view="same").loss(q1, q2, k1, k2).item()
-    assert same == pytest.approx(numpy_infonce(n(q1), n(k1), t) + numpy_infonce(n(q2), n(k2), t), rel=1e-5)
+    assert same == pytest.approx(official_fastmoco_loss(n(q1), n(q2), n(k2), n(k1), t), rel=1e-5)
     assert other != pytest.approx(same)
+    # an explicit scale: 4 tau gives MoCo v3's 2 tau per direction, summed
+    scaled = tiny_model(temperature=t, loss_scale=4 * t).loss(q1, q2, k1, k2).item()
+    assert scaled == pytest.approx(numpy_infonce(n(q1), n(k2), t) + numpy_infonce(n(q2), n(k1), t), rel=1e-5)
+    with pytest.raises(ValueError, match="LOSS_SCALE"):
+        tiny_model(loss_scale=-1.0)
 
 
 def _batch(n=4, size=32, seed=0):
@@ -162,3 +183,89 @@ def test_demo_config_builds_and_its_backbone_exports_into_the_tiny_mask_rcnn():
     assert not report["shape_mismatch"] and not report["unused"]
     assert len(report["filled"]) == len(weights) > 0
     assert not [k for k in report["random_init"] if k.startswith("backbone.bottom_up.")]
+
+
+def _paper_cfg(name):
+    cfg = get_detpre_cfg(os.path.join(REPO, "configs/fastmoco", name))
+    # small enough to build on a CPU: the recipe's keys stay as shipped
+    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 18, 64
+    cfg.MODEL.RESNETS.NORM = cfg.MODEL.FASTMOCO.HEAD_NORM = "BN"
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def test_fastmoco_config_is_the_official_recipe():
+    cfg = _paper_cfg("fastmoco_R50_100ep.yaml")
+    s = cfg.SOLVER
+    assert (s.OPTIMIZER, s.IMS_PER_BATCH, s.BASE_LR, s.WEIGHT_DECAY, s.MOMENTUM) == ("SGD", 512, 0.1, 1e-4, 0.9)
+    assert (s.WARMUP_ITERS, s.MAX_ITER, s.WARMUP_FACTOR) == (2502, 250200, 0.25)
+    assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+    assert s.CLIP_GRADIENTS.CLIP_VALUE == 1.0
+    assert (cfg.MODEL.MOMENTUM.BASE, cfg.MODEL.MOMENTUM.SCHEDULE) == (0.99, "constant")
+    assert cfg.INPUT.TWO_VIEW.AUGMENT == "mocov2" and tuple(cfg.INPUT.TWO_VIEW.SCALE) == (0.2, 1.0)
+    model = build_model(cfg)
+    assert model.loss_scale == 1.0 and model.temperature == 1.0
+    lin = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin] == [(512, 2048), (2048, 2048), (2048, 2048)]
+    bns = [m for m in model.projector if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(bns) == 3 and all(b.affine for b in bns)  # BN with affine after every layer
+    lin = [m for m in model.predictor if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin] == [(2048, 512), (512, 2048)]
+    assert not isinstance(model.predictor[-1], torch.nn.BatchNorm1d)
+
+
+def test_mocov3_config_keeps_moco_v3s_recipe():
+    cfg = _paper_cfg("mocov3_R50_100ep.yaml")
+    s = cfg.SOLVER
+    assert (s.OPTIMIZER, s.IMS_PER_BATCH, s.BASE_LR, s.WEIGHT_DECAY) == ("LARS", 4096, 9.6, 1e-6)
+    assert (s.WARMUP_ITERS, s.MAX_ITER) == (3130, 31300) and not s.CLIP_GRADIENTS.ENABLED
+    assert (cfg.MODEL.MOMENTUM.BASE, cfg.MODEL.MOMENTUM.SCHEDULE) == (0.99, "cosine")
+    assert cfg.INPUT.TWO_VIEW.AUGMENT == "byol" and tuple(cfg.INPUT.TWO_VIEW.SCALE) == (0.2, 1.0)
+    model = build_model(cfg)
+    assert model.loss_scale == 4.0  # 2 tau per direction, summed
+    lin = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin] == [(512, 4096), (4096, 256)]
+    assert not model.projector[-1].affine
+    lin = [m for m in model.predictor if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin] == [(256, 4096), (4096, 256)]
+
+
+def test_full_model_clipping_uses_one_global_norm():
+    from detpre.solver.build import build_optimizer
+
+    cfg = get_detpre_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY = 1.0, 0.0, 0.0
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 2, bias=False))
+    w0 = [p.detach().clone() for p in model.parameters()]
+    grads = [torch.tensor([[3.0, 0.0]]), torch.tensor([[4.0], [0.0]])]  # global norm 5
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    opt = build_optimizer(cfg, model)
+    opt.step()
+    for p, p0, g in zip(model.parameters(), w0, grads):
+        # torch's clip_grad_norm_: g * max_norm / (total_norm + 1e-6), the same factor for all
+        torch.testing.assert_close(p.detach(), p0 - g * (1.0 / (5.0 + 1e-6)))
+    # detectron2's "norm" clips each tensor by itself: the first would get norm 1 alone
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    for p, p0, g in zip(model.parameters(), w0, grads):
+        p.data.copy_(p0)
+        p.grad = g.clone()
+    build_optimizer(cfg, model).step()
+    torch.testing.assert_close(next(model.parameters()).detach(), w0[0] - grads[0] / 3.0)
+
+
+def test_mlp_heads_fail_clearly_on_one_row_in_training():
+    head = MLP(4, 8, 4, 2, "BN", last_norm=True)
+    with pytest.raises(ValueError, match="at least 2"):
+        head(torch.randn(1, 4))
+    assert head(torch.randn(2, 4)).shape == (2, 4)
+    head.eval()
+    assert head(torch.randn(1, 4)).shape == (1, 4)  # running statistics: fine
+    assert MLP(4, 8, 4, 2, "").train()(torch.randn(1, 4)).shape == (1, 4)  # no BN: fine
+    # MoCo v3 / Fast-MoCo at one image per GPU: the key projector sees one row
+    model = tiny_model(combine="off")
+    with pytest.raises(ValueError, match="images per GPU"):
+        model(_batch(n=1))

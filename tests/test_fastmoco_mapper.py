@@ -60,3 +60,37 @@ def test_random_resized_crop_stays_inside_and_falls_back_to_the_center():
     assert (crop.x0, crop.y0, crop.w, crop.h) == (45, 0, 10, 10)
     with pytest.raises(ValueError):
         RandomResizedCrop(8, scale=(0.5, 0.1))
+
+
+def _probs(augs):
+    from detectron2.data import transforms as T
+
+    from detpre.data.transforms import (RandomColorJitter, RandomGaussianBlur, RandomGrayscale,
+                                        RandomSolarize)
+    out = {}
+    for a in augs.augs:
+        if isinstance(a, T.RandomFlip):
+            out["flip"] = a.prob
+        elif isinstance(a, RandomColorJitter):
+            out["color"] = (a.prob, a.brightness, a.contrast, a.saturation, a.hue)
+        elif isinstance(a, RandomGrayscale):
+            out["gray"] = a.prob
+        elif isinstance(a, RandomGaussianBlur):
+            out["blur"] = a.prob
+        elif isinstance(a, RandomSolarize):
+            out["solarize"] = a.prob
+    return out
+
+
+def test_mocov2_views_are_symmetric_fastmoco_recipe_and_byol_views_asymmetric():
+    cfg = _cfg()
+    cfg.INPUT.TWO_VIEW.AUGMENT = "mocov2"
+    v1, v2 = (_probs(v) for v in TwoViewMapper(cfg, is_train=True).views)
+    assert v1 == v2 == {"flip": 0.5, "color": (0.8, 0.4, 0.4, 0.4, 0.1), "gray": 0.2,
+                        "blur": 0.5, "solarize": 0.0}
+    b1, b2 = (_probs(v) for v in TwoViewMapper(_cfg(), is_train=True).views)
+    assert (b1["blur"], b1["solarize"], b2["blur"], b2["solarize"]) == (1.0, 0.0, 0.1, 0.2)
+    assert b1["color"] == (0.8, 0.4, 0.4, 0.2, 0.1)
+    cfg.INPUT.TWO_VIEW.AUGMENT = "simclr"
+    with pytest.raises(ValueError, match="AUGMENT"):
+        TwoViewMapper(cfg, is_train=True)

@@ -126,3 +126,28 @@ def test_export_loads_into_the_demo_mask_rcnn():
     report = coverage_report(weights, build_model(cfg))
     assert not report["shape_mismatch"] and not report["unused"]
     assert not [k for k in report["random_init"] if k.startswith("backbone.bottom_up.")]
+
+
+def test_every_location_belongs_to_exactly_one_region_on_the_demo_network():
+    # the demo config as shipped (128 px montages): a ResNet centres output i near i * stride,
+    # so the top row's measured ERF centre lies just above the image (y < 0); without clamping
+    # it fell in no region and those locations got no loss
+    torch.manual_seed(0)
+    cfg = get_detpre_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs/demo/jigsaw_R18_tiny.yaml"))
+    model = build_model(cfg)
+    model.train()
+    size = cfg.INPUT.JIGSAW.SIZE
+    batch = _batch(n=4, size=size)
+    model.refresh_erf(model.preprocess(batch))
+    h = w = size // model.stride
+    raw_y, raw_x = model.erf.location_centres((h, w))
+    assert raw_y.min() < 0 or raw_x.min() < 0 or raw_y.max() >= size or raw_x.max() >= size
+    regions = torch.stack([x["jigsaw_regions"] for x in batch])
+    members = model._members(regions, torch.zeros(len(batch), 1, h, w))
+    assert members.shape == (len(batch), 4, h, w)
+    assert torch.equal(members.sum(1), torch.ones(len(batch), h, w))
+    # and the floor goes to that same region
+    weights = model.erf.location_weights(regions, (h, w), (size, size), model.tau)
+    own = members.argmax(1)
+    assert (weights.gather(-1, own[..., None].double().long()) >= model.tau - 1e-9).all()

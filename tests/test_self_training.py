@@ -80,15 +80,31 @@ def test_loss_normalization_matches_reference():
     norm = LossNormalizer(alpha, m)
     rng = np.random.RandomState(0)
     hs, ps = rng.uniform(0.5, 2.0, 20), rng.uniform(0.05, 0.3, 20)  # pseudo loss ~10x smaller
-    avg_h, avg_p = hs[0], ps[0]
     for t, (lh, lp) in enumerate(zip(hs, ps)):
         norm.update(lh, lp)
-        if t:
+        if t < 10:  # 1 / (1 - m) steps: the running mean
+            avg_h, avg_p = hs[: t + 1].mean(), ps[: t + 1].mean()
+        else:
             avg_h, avg_p = m * avg_h + (1 - m) * lh, m * avg_p + (1 - m) * lp
         total = norm.human_weight * lh + norm.pseudo_weight * lp
         expected = (lh + alpha * (avg_h / avg_p) * lp) / (1 + alpha)
         assert total == pytest.approx(expected, rel=1e-12)
     assert norm.human_weight == pytest.approx(1 / 3)
+
+
+def test_near_zero_first_pseudo_loss_gives_a_bounded_weight():
+    # the old rule (averages = the first values) gave w_p = 0.5 * 1.0 / 1e-12 = 5e11 on step 1
+    norm = LossNormalizer(alpha=1.0, momentum=0.99, warmup=100)
+    norm.update(1.0, 1e-12)
+    assert norm.pseudo_weight == pytest.approx(0.5)  # warm-up: ratio 1
+    weights = [norm.pseudo_weight]
+    for _ in range(199):
+        norm.update(1.0, 0.1)
+        weights.append(norm.pseudo_weight)
+    assert max(weights) < 0.5 * 10.0 * 1.02  # never far above the steady ratio avg_h/avg_p = 10
+    # after the warm-up the average is the mean of 100 steps, the near-zero one 1/100 of it
+    assert weights[100] == pytest.approx(0.5 * 1.0 / ((1e-12 + 99 * 0.1) / 100) , rel=1e-3)
+    assert weights[-1] == pytest.approx(5.0, rel=1e-2)
 
 
 def test_loss_normalization_balances_streams():
@@ -108,5 +124,11 @@ def test_loss_normalizer_state_round_trip():
     b = LossNormalizer(1.0, 0.9)
     b.load_state_dict(a.state_dict())
     assert b.pseudo_weight == a.pseudo_weight
+    b.update(3.0, 0.2)
+    a.update(3.0, 0.2)
+    assert (b.avg_h, b.avg_p, b.steps) == (a.avg_h, a.avg_p, 3)
+    old = LossNormalizer(1.0, 0.9, warmup=5)  # a checkpoint from before the step count
+    old.load_state_dict({"avg_h": 2.0, "avg_p": 0.5})
+    assert old.pseudo_weight == pytest.approx(0.5 * 4.0)
     with pytest.raises(RuntimeError):
         LossNormalizer().pseudo_weight

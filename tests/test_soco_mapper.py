@@ -119,3 +119,70 @@ def test_config_without_proposals_fails_clearly():
     cfg = get_detpre_cfg()
     with pytest.raises(ValueError, match="PROPOSAL_FILES_TRAIN"):
         SoCoMapper(cfg, True)
+
+
+def test_cutout_in_boxes_is_socos_rule():
+    from detpre.data.mappers.soco import cutout_in_boxes
+
+    img = np.full((20, 30, 3), 7, dtype=np.uint8)
+    boxes = np.array([[2, 3, 12, 15], [20, 0, 29, 9]], dtype=np.float32)
+    np.random.seed(5)
+    erased = cutout_in_boxes(img, boxes, 1.0, (0.1, 0.3), np.array([1, 2, 3], np.uint8))
+    np.random.seed(5)
+    want = []
+    for x0, y0, x1, y1 in boxes:  # the official RandomCutoutInBbox, written out
+        np.random.uniform()
+        area = np.random.uniform(0.1, 0.3) * (x1 - x0 + 1) * (y1 - y0 + 1)
+        s = int(round(np.sqrt(area)))
+        cx, cy = np.random.randint(int(x0), int(x1) + 1), np.random.randint(int(y0), int(y1) + 1)
+        want.append((max(cx - s // 2, 0), max(cy - s // 2, 0), min(cx + s // 2, 29) + 1,
+                     min(cy + s // 2, 19) + 1))
+    assert erased == want
+    mask = np.zeros((20, 30), bool)
+    for a, c, b, d in want:
+        mask[c:d, a:b] = True
+    assert (img[mask] == [1, 2, 3]).all() and (img[~mask] == 7).all()
+    # 0.1-0.3 of the box area (up to the odd-side rounding and clipping)
+    a, c, b, d = want[0]
+    assert 0.05 * 11 * 13 <= (b - a) * (d - c) <= 0.45 * 11 * 13
+    img2 = np.full((20, 30, 3), 7, dtype=np.uint8)
+    assert cutout_in_boxes(img2, boxes, 0.0, (0.1, 0.3), 0) == [] and (img2 == 7).all()
+
+
+def test_mapper_cutout_only_on_v2_v3_around_boxes_and_off_keeps_the_stream(painted):
+    fill = (10, 20, 30)
+    no_flip = dict(view_augmentations=[[] for _ in range(3)])  # cutout's draws shift later flips
+    plain = _mapper(**no_flip)
+    cut = _mapper(cutout_prob=1.0, cutout_ratio=(0.3, 0.3), cutout_fill=fill, **no_flip)
+    np.random.seed(0)
+    a = plain(painted)
+    np.random.seed(0)
+    b = cut(painted)
+    np.random.seed(0)
+    c = _mapper(cutout_prob=0.0)(painted)
+    np.random.seed(0)
+    d = _mapper()(painted)
+    assert all((x == y).all() for x, y in zip(c["views"], d["views"]))  # off: the same stream
+    assert (a["views"][0] == b["views"][0]).all()  # V1 untouched
+    for v in (1, 2):
+        diff = (a["views"][v] != b["views"][v]).any(0).numpy()
+        assert diff.any()
+        ys, xs = np.nonzero(diff)
+        near = np.zeros_like(diff)
+        for x0, y0, x1, y1 in b["view_boxes"][v].numpy():
+            # the square is centred on a pixel of the box: at most half its side outside
+            r = int(round(np.sqrt(0.3 * (x1 - x0 + 1) * (y1 - y0 + 1)))) // 2
+            near[max(int(y0) - r, 0):int(y1) + r + 1, max(int(x0) - r, 0):int(x1) + r + 1] = True
+        assert near[ys, xs].all()
+        assert (b["views"][v].numpy()[:, ys, xs].T == fill).all()
+
+
+def test_soco_paper_configs_cutout_as_the_official_scripts():
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    get = lambda n: get_detpre_cfg(os.path.join(repo, "configs/soco", n)).INPUT.SOCO  # noqa: E731
+    c = get("soco_R50_FPN_100ep.yaml")  # tools/SoCo_FPN_100ep.sh: ...Cutout aug, 0.5, 0.1-0.3
+    assert (c.CUTOUT_PROB, tuple(c.CUTOUT_RATIO)) == (0.5, (0.1, 0.3))
+    # SoCo_FPN_400ep.sh / SoCo_FPN_Star_400ep.sh pick augmentations without cutout
+    assert get("soco_R50_FPN_400ep.yaml").CUTOUT_PROB == 0.0
+    assert get("soco_star_R50_FPN_400ep.yaml").CUTOUT_PROB == 0.0

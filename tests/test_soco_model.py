@@ -85,15 +85,15 @@ def test_soco_loss_is_symmetrized_over_views(repo_root):
     preds = [torch.from_numpy(rng.randn(2, 3, 5)).float() for _ in range(3)]
     targets = [torch.from_numpy(rng.randn(2, 3, 5)).float() for _ in range(3)]
 
-    def ref(a, b):  # numpy: mean over the matched (image, proposal) pairs of 2 - 2 cos
+    def ref(a, b, reduction):  # numpy: 2 - 2 cos, mean over pairs or sum over K, mean over B
         a, b = a.numpy(), b.numpy()
         cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-        return (2 - 2 * cos).mean()
+        return (2 - 2 * cos).mean() if reduction == "mean" else (2 - 2 * cos).sum(1).mean()
 
-    expected = sum(ref(preds[0], targets[v]) + ref(preds[v], targets[0]) for v in (1, 2))
-    assert model.loss(preds, targets).item() == pytest.approx(expected, rel=1e-5)
-    model.loss_reduction = "sum"  # the paper's sum over the K = 3 proposals
-    assert model.loss(preds, targets).item() == pytest.approx(3 * expected, rel=1e-5)
+    for r in ("mean", "sum"):
+        model.loss_reduction = r
+        expected = sum(ref(preds[0], targets[v], r) + ref(preds[v], targets[0], r) for v in (1, 2))
+        assert model.loss(preds, targets).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_target_gets_no_gradient_and_moves_by_ema(repo_root):
@@ -158,3 +158,17 @@ def test_inference_returns_box_features(repo_root):
     model.eval()
     out = model(synthetic_batch(num_images=2, k=3))
     assert len(out) == 2 and out[0]["box_features"].shape == (3, 256)
+
+
+def test_zero_proposals_and_one_row_fail_clearly(repo_root):
+    model = build_model(tiny_cfg(repo_root))
+    model.train()
+    batch = synthetic_batch(num_images=2, k=1)
+    for d in batch:
+        d["view_boxes"] = [b[:0] for b in d["view_boxes"]]
+    with pytest.raises(ValueError, match="NUM_PROPOSALS"):
+        model(batch)
+    # B x K = 1: the BatchNorm MLP heads cannot take batch statistics of one row
+    with pytest.raises(ValueError, match="proposals per GPU"):
+        model(synthetic_batch(num_images=1, k=1, sizes=(64, 64, 64)))
+    assert torch.isfinite(model(synthetic_batch(num_images=1, k=2, sizes=(64, 64, 64)))["loss_soco"])

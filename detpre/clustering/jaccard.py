@@ -50,11 +50,13 @@ def _expanded_sets(rank, k1, chunk=1024):
     """
     SpCL's expanded k-reciprocal sets as (rows, cols) pairs, unique per row: i's k1-reciprocal
     neighbours, plus the round(k1/2)-reciprocal set of each of them that shares more than 2/3
-    of its members with i's set.
+    of its members with i's set. k1 counts as SpCL's code does (faiss_rerank.py): its neighbour
+    list holds k1 entries, the point itself included, so ``[:k1 + 1]`` takes k1 of them; the
+    half sets take round(k1/2) + 1.
     """
     n = len(rank)
     kh = int(np.around(k1 / 2.0))
-    R, M = rank[:, :k1 + 1], _reciprocal_mask(rank, k1)
+    R, M = rank[:, :k1], _reciprocal_mask(rank, k1 - 1)
     Rh, Mh = rank[:, :kh + 1], _reciprocal_mask(rank, kh)
     nh = Mh.sum(1)
     rows, cols = [], []
@@ -80,15 +82,18 @@ def k_reciprocal_weights(features, k1=30, k2=6, rank=None):
     """
     The sparse matrix V (N x N, float32, rows sum to 1): row i is softmax(-||x_i - x_j||^2)
     over i's expanded k-reciprocal set, then averaged over i's k2 nearest rows (query expansion).
-    ``rank`` (N, >= k1+1) may be passed to reuse a neighbour search.
+    ``rank`` (N, >= k1) may be passed to reuse a neighbour search. k1 is SpCL's: k1 nearest
+    neighbours, the point itself the first of them.
     """
+    if k1 < 1:
+        raise ValueError(f"MODEL.SPCL.K1={k1}: must be >= 1")
     x = torch.as_tensor(features).float()
     n = x.shape[0]
     if rank is None:
-        rank = knn_search(x, k1 + 1)
-    if rank.shape[1] < min(k1 + 1, n):
-        raise ValueError(f"rank has {rank.shape[1]} neighbours per row, need k1 + 1 = {k1 + 1}")
-    k1 = min(k1, rank.shape[1] - 1)
+        rank = knn_search(x, max(k1, k2))
+    if rank.shape[1] < min(k1, n):
+        raise ValueError(f"rank has {rank.shape[1]} neighbours per row, need k1 = {k1}")
+    k1 = min(k1, rank.shape[1])
     rows, cols = _expanded_sets(rank, k1)
     logits = np.empty(len(rows), dtype=np.float32)
     for s in range(0, len(rows), 1 << 20):

@@ -13,7 +13,7 @@ from detectron2.data import (
 )
 
 from .mappers import build_mapper
-from .samplers import ResumableTrainingSampler, SeededMapDataset
+from .samplers import IdentityBalancedSampler, ResumableTrainingSampler, SeededMapDataset
 
 __all__ = ["build_train_loader", "build_test_loader", "ResumableLoader"]
 
@@ -59,6 +59,8 @@ def build_train_loader(cfg, mapper=None):
     across batches). Other samplers use detectron2's loader, whose stream restarts on resume.
     """
     mapper = mapper or build_mapper(cfg, is_train=True)
+    if cfg.DATALOADER.SAMPLER_TRAIN == "IdentityBalancedSampler":  # SpCL's UDA batches
+        return _build_identity_balanced_loader(cfg, mapper)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         logging.getLogger(__name__).warning(
             "DATALOADER.SAMPLER_TRAIN=%s: the data stream restarts on --resume",
@@ -75,6 +77,26 @@ def build_train_loader(cfg, mapper=None):
         cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         cfg.DATALOADER.NUM_WORKERS,
     )
+
+
+def _build_identity_balanced_loader(cfg, mapper):
+    """Source images P x K by identity (their memory entry), then as many target images."""
+    from detectron2.utils import comm
+
+    from .datasets.reid import reid_memory_layout
+
+    dicts = train_dataset_dicts(cfg)
+    layout = reid_memory_layout(cfg.DATASETS.TRAIN, cfg.MODEL.SPCL.SOURCE_DATASETS)
+    source, target = [], []
+    for i, d in enumerate(dicts):
+        entry, domain = layout.index_of(d)
+        (source.append((i, entry)) if domain == 0 else target.append(i))
+    per_gpu = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    sampler = IdentityBalancedSampler(source, target, per_gpu, cfg.MODEL.SPCL.NUM_INSTANCES,
+                                      seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS)
+    dataset = SeededMapDataset(DatasetFromList(dicts, copy=False), mapper, sampler.seed)
+    return ResumableLoader(dataset, sampler, cfg.SOLVER.IMS_PER_BATCH, False,
+                           cfg.DATALOADER.NUM_WORKERS)
 
 
 def build_test_loader(cfg, dataset_name):

@@ -15,7 +15,7 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ResumableTrainingSampler", "SeededMapDataset", "sample_seed"]
+__all__ = ["ResumableTrainingSampler", "SeededMapDataset", "IdentityBalancedSampler", "sample_seed"]
 
 
 def sample_seed(seed, position):
@@ -74,3 +74,78 @@ class SeededMapDataset(Dataset):
             if out is not None:
                 return out
         raise RuntimeError("the mapper dropped every sample of the training set")
+
+
+class IdentityBalancedSampler(ResumableTrainingSampler):
+    """
+    SpCL's domain-adaptive batches in the resumable stream: every per-process batch of
+    ``batch_size`` holds ``batch_size // 2`` source images, P identities x ``num_instances`` each
+    (SpCL's ``RandomMultipleGallerySampler``: identities in a random order, K images of each,
+    drawn with replacement when an identity has fewer), then as many target images at random
+    (shuffled epochs). Batches are numbered globally and process ``r`` takes batches
+    ``r, r + W, ...``; a sample's position is ``batch * batch_size + slot``, which seeds its
+    mapping as in ``ResumableTrainingSampler`` (``start`` counts per-process samples).
+    detectron2's loader deals samples round-robin to its ``num_workers`` workers, each batching
+    its own share: the samples of ``num_workers`` consecutive batches are emitted interleaved so
+    that each worker receives one whole batch, and the loader yields them in order.
+    ``source_pids``: (dataset index, identity) pairs; ``target_indices``: dataset indices.
+    """
+
+    def __init__(self, source_pids, target_indices, batch_size, num_instances=4, seed=None,
+                 num_workers=0):
+        source_pids = {int(i): int(p) for i, p in source_pids}
+        target = [int(i) for i in target_indices]
+        half = batch_size // 2
+        if not source_pids or not target or half < 1 or half % num_instances:
+            raise ValueError(
+                f"IdentityBalancedSampler: needs source and target images and a per-GPU batch "
+                f"({batch_size}) whose half is a multiple of MODEL.SPCL.NUM_INSTANCES ({num_instances})")
+        super().__init__(len(source_pids) + len(target), shuffle=True, seed=seed)
+        self.batch_size, self.num_instances, self.half = int(batch_size), int(num_instances), half
+        self.num_workers = max(1, int(num_workers))
+        by_pid = {}
+        for i, p in sorted(source_pids.items()):
+            by_pid.setdefault(p, []).append(i)
+        self._pids = sorted(by_pid)
+        self._by_pid = [by_pid[p] for p in self._pids]
+        self._target = target
+
+    def _source_stream(self, g):
+        k = self.num_instances
+        while True:
+            for p in torch.randperm(len(self._pids), generator=g).tolist():
+                members = self._by_pid[p]
+                if len(members) >= k:
+                    pick = torch.randperm(len(members), generator=g)[:k].tolist()
+                else:
+                    pick = torch.randint(len(members), (k,), generator=g).tolist()
+                yield from (members[j] for j in pick)
+
+    def _target_stream(self, g):
+        while True:
+            for j in torch.randperm(len(self._target), generator=g).tolist():
+                yield self._target[j]
+
+    def _batches(self):
+        gs, gt = torch.Generator(), torch.Generator()
+        gs.manual_seed(self.seed)
+        gt.manual_seed(self.seed + 1)
+        src, tgt = self._source_stream(gs), self._target_stream(gt)
+        n_t = self.batch_size - self.half
+        while True:
+            yield ([next(src) for _ in range(self.half)] + [next(tgt) for _ in range(n_t)])
+
+    def __iter__(self):
+        first_batch, skip = divmod(self.start, self.batch_size)
+        if skip:
+            raise ValueError(f"resume at {self.start} samples: not a whole number of batches "
+                             f"of {self.batch_size}")
+        batches = itertools.islice(self._batches(), first_batch * self._world + self._rank, None,
+                                   self._world)
+        numbered = ((((first_batch + b) * self._world + self._rank), batch)
+                    for b, batch in enumerate(batches))
+        while True:
+            group = list(itertools.islice(numbered, self.num_workers))
+            for slot in range(self.batch_size):
+                for number, batch in group:
+                    yield number * self.batch_size + slot, batch[slot]

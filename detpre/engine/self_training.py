@@ -31,23 +31,43 @@ __all__ = ["LossNormalizer", "SelfTrainingStep", "SelfTrainingTrainer"]
 
 
 class LossNormalizer:
-    """The stream weights (w_h, w_p) of the paper's loss normalization; checkpointable."""
+    """
+    The stream weights (w_h, w_p) of the paper's loss normalization; checkpointable.
 
-    def __init__(self, alpha=1.0, momentum=0.99, enabled=True, eps=1e-12):
-        if alpha < 0 or not 0 <= momentum < 1:
-            raise ValueError(f"pseudo loss weight {alpha} must be >= 0 and momentum {momentum} in [0, 1)")
+    The averages are the running mean of the first ``1 / (1 - momentum)`` steps, then the EMA
+    (momentum ``min(m, 1 - 1/t)`` at step t), so no single early step dominates them; and for
+    the first ``warmup`` steps the ratio avg(L_h) / avg(L_p) is taken as 1 (w_p = a / (1 + a)).
+    Started from the first step alone, a near-zero first pseudo loss (an image with hardly any
+    pseudo box) made that step's pseudo weight ~1e11.
+    """
+
+    def __init__(self, alpha=1.0, momentum=0.99, enabled=True, eps=1e-12, warmup=0):
+        if alpha < 0 or not 0 <= momentum < 1 or warmup < 0:
+            raise ValueError(f"pseudo loss weight {alpha} must be >= 0, momentum {momentum} in "
+                             f"[0, 1) and warm-up {warmup} >= 0")
         self.alpha, self.momentum, self.enabled, self.eps = float(alpha), float(momentum), enabled, eps
+        self.warmup = int(warmup)
         self.avg_h = self.avg_p = None
+        self.steps = 0
 
     def update(self, loss_h, loss_p):
-        """Fold this step's total losses into the moving averages (the first step initializes)."""
+        """Fold this step's total losses into the moving averages."""
         loss_h, loss_p = float(loss_h), float(loss_p)
+        self.steps += 1
+        m = min(self.momentum, 1.0 - 1.0 / self.steps)  # 0 at the first step: avg = value
         if self.avg_h is None:
-            self.avg_h, self.avg_p = loss_h, loss_p
-        else:
-            m = self.momentum
-            self.avg_h = m * self.avg_h + (1 - m) * loss_h
-            self.avg_p = m * self.avg_p + (1 - m) * loss_p
+            self.avg_h = self.avg_p = 0.0
+        self.avg_h = m * self.avg_h + (1 - m) * loss_h
+        self.avg_p = m * self.avg_p + (1 - m) * loss_p
+
+    @property
+    def ratio(self):
+        """avg(L_h) / avg(L_p) as the pseudo weight uses it (1 during the warm-up)."""
+        if self.avg_h is None:
+            raise RuntimeError("LossNormalizer.pseudo_weight before any update()")
+        if self.steps <= self.warmup:
+            return 1.0
+        return self.avg_h / max(self.avg_p, self.eps)
 
     @property
     def human_weight(self):
@@ -57,15 +77,16 @@ class LossNormalizer:
     def pseudo_weight(self):
         if not self.enabled:
             return self.alpha
-        if self.avg_h is None:
-            raise RuntimeError("LossNormalizer.pseudo_weight before any update()")
-        return self.alpha / (1.0 + self.alpha) * self.avg_h / max(self.avg_p, self.eps)
+        return self.alpha / (1.0 + self.alpha) * self.ratio
 
     def state_dict(self):
-        return {"avg_h": self.avg_h, "avg_p": self.avg_p}
+        return {"avg_h": self.avg_h, "avg_p": self.avg_p, "steps": self.steps}
 
     def load_state_dict(self, state):
         self.avg_h, self.avg_p = state["avg_h"], state["avg_p"]
+        # checkpoints from before the step count: past any warm-up
+        default = 0 if self.avg_h is None else max(self.warmup + 1, round(1 / (1 - self.momentum)))
+        self.steps = int(state.get("steps", default))
 
 
 def _mean_over_workers(values):
@@ -127,7 +148,8 @@ class SelfTrainingTrainer(Trainer):
             raise NotImplementedError("self-training with SOLVER.AMP.ENABLED is not supported")
         super().__init__(cfg)
         st = cfg.SELF_TRAINING
-        self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM)
+        self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
+                                              warmup=st.LOSS_NORM_WARMUP)
         base = self._trainer
         self._trainer = SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer)
         self.checkpointer.checkpointables["self_training"] = self.loss_normalizer

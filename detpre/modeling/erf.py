@@ -119,17 +119,23 @@ class ERFTable(nn.Module):
         I = self.integral
         return I[y1, x1] - I[y0, x1] - I[y1, x0] + I[y0, x0]
 
-    def location_centres(self, feat_hw):
+    def location_centres(self, feat_hw, image_hw=None):
         """
         Where each location's ERF is centred in the montage: the reference centre moved by whole
         strides, (cy (h,), cx (w,)). For a ResNet this is about ``i * stride`` (its padded
         stride-2 convs centre output i on input 2i), not the block centre ``(i + 0.5) * stride``.
+        With ``image_hw`` the centres are clamped to the montage's pixel centres
+        ``[0.5, H - 0.5]``: a border row's centre can fall just outside the image (e.g. -0.3),
+        and it must still belong to the region at that border, or its location gets no loss.
         """
         self._check_ready()
         jr, kr = (int(v) for v in self.ref_index)
         s = self.stride
         cy = self.centre[0] - (jr - torch.arange(feat_hw[0], dtype=torch.float64)) * s
         cx = self.centre[1] - (kr - torch.arange(feat_hw[1], dtype=torch.float64)) * s
+        if image_hw is not None:
+            cy = cy.clamp(0.5, image_hw[0] - 0.5)
+            cx = cx.clamp(0.5, image_hw[1] - 0.5)
         return cy, cx
 
     def _check_ready(self):
@@ -164,7 +170,7 @@ class ERFTable(nn.Module):
         location's ERF centre: B x h x w x R.
         """
         shares = self.region_shares(regions, feat_hw, image_hw)
-        own = location_regions(regions, *self.location_centres(feat_hw))
+        own = location_regions(regions, *self.location_centres(feat_hw, image_hw))
         # an ERF that misses the image (only possible for a degenerate ERF): all on the own region
         empty = shares.sum(-1) <= 0
         if empty.any():

@@ -1,4 +1,5 @@
 """Projector / predictor MLPs of the self-supervised methods (BYOL, SoCo, MoCo v3, Fast-MoCo)."""
+import torch.distributed as dist
 from torch import nn
 
 __all__ = ["MLP"]
@@ -17,11 +18,12 @@ def _norm1d(norm, dim, affine=True):
 class MLP(nn.Sequential):
     """
     ``num_layers`` Linear layers, each hidden one followed by norm + ReLU:
-    BYOL/SoCo use 2 layers (``in -> hidden -> out``); MoCo v3 uses 3-layer projectors with a
-    BN without affine after the last layer (``last_norm=True``).
+    BYOL/SoCo use 2 layers (``in -> hidden -> out``); MoCo v3's projector ends in a BN without
+    affine (``last_norm=True``), Fast-MoCo's in one with affine (``last_affine=True`` too).
     """
 
-    def __init__(self, in_dim, hidden_dim, out_dim, num_layers=2, norm="BN", last_norm=False):
+    def __init__(self, in_dim, hidden_dim, out_dim, num_layers=2, norm="BN", last_norm=False,
+                 last_affine=False):
         layers = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         for i in range(num_layers):
@@ -33,7 +35,23 @@ class MLP(nn.Sequential):
                     layers.append(bn)
                 layers.append(nn.ReLU(inplace=True))
             elif last_norm:
-                bn = _norm1d(norm or "BN", dims[i + 1], affine=False)
+                bn = _norm1d(norm or "BN", dims[i + 1], affine=last_affine)
                 layers.append(bn)
         super().__init__(*layers)
         self.out_dim = out_dim
+
+    def forward(self, x):
+        if self.training and x.shape[0] < 2 and self._batch_stats_are_local():
+            raise ValueError(
+                f"an MLP head with BatchNorm got {x.shape[0]} row(s) in training; batch "
+                "statistics need at least 2 (SoCo: images x proposals per GPU, Fast-MoCo / "
+                "MoCo v3: images per GPU). Use more images per GPU, SyncBN heads across "
+                "several GPUs, or HEAD_NORM ''.")
+        return super().forward(x)
+
+    def _batch_stats_are_local(self):
+        """Some BatchNorm normalizes by this process's rows alone (SyncBN syncs only when
+        more than one process runs)."""
+        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return any(not (synced and isinstance(m, nn.SyncBatchNorm)) for m in bns)

@@ -23,11 +23,13 @@ from detpre.utils.dist import concat_all_gather
 __all__ = ["HybridMemory", "unified_contrastive_loss"]
 
 
-def unified_contrastive_loss(logits, labels, targets):
+def unified_contrastive_loss(logits, labels, targets, groups=None):
     """
     ``logits`` (B, N) = <f, memory_j> / t, ``labels`` (N,) memory labels, ``targets`` (B,) the
     label of each feature. Similarities to a label are averaged over its entries (= similarity
-    to their mean), then cross-entropy over the labels present in memory.
+    to their mean), then cross-entropy over the labels present in memory: the mean over the
+    batch, or with ``groups`` (B,) the sum over groups of each group's mean (SpCL's UDA
+    ``loss_s + loss_t``).
     """
     num = int(labels.max()) + 1
     counts = torch.bincount(labels, minlength=num).to(logits.dtype)
@@ -36,7 +38,10 @@ def unified_contrastive_loss(logits, labels, targets):
     sim = (sums[present] / counts[present, None]).t()  # (B, labels present)
     # targets re-indexed among the present labels
     index = torch.cumsum(present.long(), 0) - 1
-    return F.cross_entropy(sim, index[targets])
+    if groups is None:
+        return F.cross_entropy(sim, index[targets])
+    ce = F.cross_entropy(sim, index[targets], reduction="none")
+    return sum(ce[groups == g].mean() for g in torch.unique(groups))
 
 
 class _MemoryMatmul(torch.autograd.Function):
@@ -99,10 +104,12 @@ class HybridMemory(nn.Module):
         new = self.momentum * self.features[idx] + (1.0 - self.momentum) * mean.to(self.features.dtype)
         self.features[idx] = F.normalize(new, dim=1)
 
-    def forward(self, features, indexes):
+    def forward(self, features, indexes, groups=None):
         """
         Unified contrastive loss of the L2-normalized ``features`` (B, D) whose memory entries are
-        ``indexes`` (B,); schedules the momentum update (with every process's batch) for backward.
+        ``indexes`` (B,) (per ``groups``, see ``unified_contrastive_loss``); schedules the
+        momentum update (with every process's batch) for backward. One memory product for the
+        whole batch, so every group's gradient sees the memory before the update.
         """
         if not bool(self.initialized):
             raise RuntimeError("HybridMemory used before its features were initialized; "
@@ -112,4 +119,4 @@ class HybridMemory(nn.Module):
         if torch.is_grad_enabled() and features.requires_grad:
             update = (concat_all_gather(features.detach()), concat_all_gather(indexes))
         logits = _MemoryMatmul.apply(features, self, update) / self.temperature
-        return unified_contrastive_loss(logits, self.labels, self.labels[indexes])
+        return unified_contrastive_loss(logits, self.labels, self.labels[indexes], groups)

@@ -109,3 +109,27 @@ def dsbn_source_parameters(module):
     """Trainable parameters of the source-domain BNs (unused when a batch has no source image)."""
     return [p for m in module.modules() if isinstance(m, _DSBNMixin)
             for p in m.source.parameters() if p.requires_grad]
+
+
+def set_last_stride(resnet, stride):
+    """
+    Give res5 of a detectron2 ``ResNet`` stride ``stride`` (1 or 2) in place, as SpCL's ResNet
+    sets ``layer4[0].conv2.stride`` (and its shortcut's) to 1: the first block's strided
+    convolutions get ``stride``; weights are unchanged, so ImageNet weights still load.
+    """
+    if stride not in (1, 2):
+        raise ValueError(f"MODEL.SPCL.LAST_STRIDE={stride}: use 1 or 2")
+    names = getattr(resnet, "stage_names", ())
+    if "res5" not in names:
+        if stride != 2:
+            raise ValueError("MODEL.SPCL.LAST_STRIDE needs a ResNet with res5")
+        return resnet
+    block = getattr(resnet, "res5")[0]
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d) and m.stride != (1, 1):
+            m.stride = (stride, stride)
+    old = resnet._out_feature_strides.get("res5")
+    if old is not None:
+        resnet._out_feature_strides["res5"] = old // getattr(block, "stride", 2) * stride
+    block.stride = stride
+    return resnet

@@ -1,9 +1,10 @@
 """``SOLVER.OPTIMIZER`` -> an optimizer; SGD stays exactly detectron2's."""
 import torch
 from detectron2.solver import build_optimizer as d2_build_optimizer
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import maybe_add_gradient_clipping
 
 from .lars import LARS
+from .paper_recipes import add_full_model_clipping, build_adam, wants_full_model_clipping
 
 
 def _lars_param_groups(cfg, model):
@@ -20,6 +21,12 @@ def _lars_param_groups(cfg, model):
 
 
 def build_optimizer(cfg, model):
+    if wants_full_model_clipping(cfg):  # one global norm (Fast-MoCo), see paper_recipes.py
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        plain = cfg.clone()
+        plain.defrost()
+        plain.SOLVER.CLIP_GRADIENTS.ENABLED = False
+        return add_full_model_clipping(build_optimizer(plain, model), clip.CLIP_VALUE, clip.NORM_TYPE)
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
         return d2_build_optimizer(cfg, model)
@@ -32,14 +39,7 @@ def build_optimizer(cfg, model):
             eta=cfg.SOLVER.LARS.ETA,
         )
     if name == "ADAMW":
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-        )
-    raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: use SGD, LARS or AdamW")
+        return build_adam(cfg, model, maybe_add_gradient_clipping(cfg, torch.optim.AdamW))
+    if name == "ADAM":  # coupled L2 (SpCL), see paper_recipes.py
+        return build_adam(cfg, model, maybe_add_gradient_clipping(cfg, torch.optim.Adam))
+    raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: use SGD, LARS, AdamW or Adam")

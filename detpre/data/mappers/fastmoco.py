@@ -1,8 +1,9 @@
 """
 ``TwoViewMapper``: two augmented views of one image, for two-view contrastive methods
-(MoCo v3, Fast-MoCo, BYOL-style). Each view is a random resized crop followed by BYOL's
-asymmetric photometric pipeline (view 1: blur always; view 2: rare blur, solarization), as MoCo
-v3's ResNet recipe. All randomness comes from ``np.random`` (detpre's loaders seed it per sample).
+(MoCo v3, Fast-MoCo, BYOL-style). Each view is a random resized crop followed by a photometric
+pipeline, ``INPUT.TWO_VIEW.AUGMENT``: "byol", BYOL's asymmetric one (view 1: blur always; view 2:
+rare blur, solarization) as MoCo v3's ResNet recipe, or "mocov2", MoCo v2's symmetric one
+(Fast-MoCo's official recipe). All randomness comes from ``np.random`` (detpre's loaders seed it per sample).
 """
 import copy
 
@@ -12,7 +13,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from detpre.data.transforms import BYOL_VIEW1, BYOL_VIEW2, build_view_augmentations
+from detpre.data.transforms import TWO_VIEW_RECIPES, build_view_augmentations
 from detpre.data.transforms.resized_crop import RandomResizedCrop
 from detpre.registry import MAPPER_REGISTRY
 
@@ -35,11 +36,13 @@ class TwoViewMapper:
     def from_config(cls, cfg, is_train=True):
         c = cfg.INPUT.TWO_VIEW
         fmt = cfg.INPUT.FORMAT
+        if c.AUGMENT not in TWO_VIEW_RECIPES:
+            raise ValueError(f"INPUT.TWO_VIEW.AUGMENT={c.AUGMENT!r}: use one of {sorted(TWO_VIEW_RECIPES)}")
         if is_train:
             crop = RandomResizedCrop(c.SIZE, tuple(c.SCALE), tuple(c.RATIO))
             views = [
                 [crop] + build_view_augmentations(**v, image_format=fmt, sigma_scale=c.SIGMA_SCALE)
-                for v in (BYOL_VIEW1, BYOL_VIEW2)
+                for v in TWO_VIEW_RECIPES[c.AUGMENT]
             ]
         else:
             # deterministic: the central square, resized; both views equal

@@ -8,7 +8,10 @@ region as cropping V1, without resampling twice). A proposal is kept when at lea
 of its area lies inside every crop; it is clipped to the region all views share, so index k
 shows the same image content in every view. V1's boxes may then be jittered. Each view gets its
 own BYOL augmentations (V1: BYOL's view 1; the others: BYOL's view 2, as SoCo's code) with its
-own random flip, applied to the boxes too. All randomness comes from ``np.random``.
+own random flip, applied to the boxes too. With CUTOUT_PROB > 0, V2 and V3 then get SoCo's box
+cutout (its code's ``RandomCutoutInBbox``): a square erased inside each box with that probability,
+filled with the pixel mean (0 after normalization, as the official code fills the normalized
+tensor). All randomness comes from ``np.random``.
 """
 import copy
 import math
@@ -23,7 +26,8 @@ from detectron2.structures import BoxMode
 from detpre.data.transforms import BYOL_VIEW1, BYOL_VIEW2, build_view_augmentations
 from detpre.registry import MAPPER_REGISTRY
 
-__all__ = ["SoCoMapper", "sample_crop", "random_boxes", "jitter_boxes", "select_proposals"]
+__all__ = ["SoCoMapper", "sample_crop", "random_boxes", "jitter_boxes", "select_proposals",
+           "cutout_in_boxes"]
 
 
 def sample_crop(h, w, scale, ratio, max_attempts=10):
@@ -71,6 +75,30 @@ def jitter_boxes(boxes, prob, ratio, h, w):
     return out
 
 
+def cutout_in_boxes(image, boxes, prob, ratio, fill):
+    """
+    SoCo's box cutout, in place on ``image`` (H x W x C): for each box (XYXY, view pixels), with
+    probability ``prob``, a square of area U(ratio) x (w + 1)(h + 1) around an integer point
+    drawn uniformly in the box, its side ``s = round(sqrt(area))`` covering ``c - s // 2`` to
+    ``c + s // 2`` inclusive (clipped to the image), is set to ``fill``. Returns the erased
+    squares (x0, y0, x1, y1 exclusive).
+    """
+    H, W = image.shape[:2]
+    erased = []
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64):
+        if np.random.uniform() >= prob:
+            continue
+        area = np.random.uniform(*ratio) * (x1 - x0 + 1) * (y1 - y0 + 1)
+        half = int(round(math.sqrt(area))) // 2
+        cx = int(np.random.randint(int(x0), int(x1) + 1))
+        cy = int(np.random.randint(int(y0), int(y1) + 1))
+        a, b = max(cx - half, 0), min(cx + half, W - 1) + 1
+        c, d = max(cy - half, 0), min(cy + half, H - 1) + 1
+        image[c:d, a:b] = fill
+        erased.append((a, c, b, d))
+    return erased
+
+
 def select_proposals(proposals, region, num, min_visible, min_side):
     """
     The proposals usable in every view: ``region`` (x0, y0, x1, y1) is what all views share;
@@ -108,7 +136,8 @@ class SoCoMapper:
     def __init__(self, *, view_size=224, small_view_size=112, extra_view_size=0, crop_scale=(0.5, 1.0),
                  crop_ratio=(3.0 / 4.0, 4.0 / 3.0), num_proposals=4, min_visible=0.5, min_box_size=8,
                  max_tries=10, jitter_prob=0.5, jitter_ratio=0.1, random_proposals=32,
-                 view_augmentations=None, image_format="BGR"):
+                 view_augmentations=None, image_format="BGR", cutout_prob=0.0,
+                 cutout_ratio=(0.1, 0.3), cutout_fill=(0, 0, 0)):
         """``view_augmentations``: one list of detectron2 augmentations per view (after the
         crop/resize); default BYOL's view 1 for V1 and view 2 for the others."""
         if num_proposals < 1 or not 0 < min_visible <= 1 or max_tries < 1:
@@ -119,6 +148,10 @@ class SoCoMapper:
         self.max_tries, self.random_proposals = max_tries, random_proposals
         self.jitter_prob, self.jitter_ratio = jitter_prob, jitter_ratio
         self.image_format = image_format
+        if not 0 <= cutout_prob <= 1 or not 0 <= cutout_ratio[0] <= cutout_ratio[1]:
+            raise ValueError("INPUT.SOCO: CUTOUT_PROB in [0, 1] and 0 <= CUTOUT_RATIO[0] <= [1]")
+        self.cutout_prob, self.cutout_ratio = float(cutout_prob), tuple(cutout_ratio)
+        self.cutout_fill = np.clip(np.round(np.asarray(cutout_fill, dtype=np.float64)), 0, 255).astype(np.uint8)
         if view_augmentations is None:
             view_augmentations = [build_view_augmentations(**(BYOL_VIEW1 if v == 0 else BYOL_VIEW2),
                                                            image_format=image_format)
@@ -145,6 +178,9 @@ class SoCoMapper:
             "num_proposals": c.NUM_PROPOSALS, "min_visible": c.MIN_VISIBLE, "min_box_size": c.MIN_BOX_SIZE,
             "max_tries": c.MAX_TRIES, "jitter_prob": c.JITTER_PROB, "jitter_ratio": c.JITTER_RATIO,
             "random_proposals": c.RANDOM_PROPOSALS, "view_augmentations": augs, "image_format": fmt,
+            "cutout_prob": c.CUTOUT_PROB, "cutout_ratio": c.CUTOUT_RATIO,
+            # PIXEL_MEAN is in INPUT.FORMAT's channel order, as the views are
+            "cutout_fill": cfg.MODEL.PIXEL_MEAN,
         }
 
     def proposals(self, d, h, w):
@@ -207,8 +243,12 @@ class SoCoMapper:
                                    T.ResizeTransform(y1 - y0, x1 - x0, size, size)])
             aug_input = T.AugInput(geo.apply_image(image), boxes=geo.apply_box(b))
             self.view_augs[v](aug_input)
-            views.append(torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))))
             vb = np.clip(aug_input.boxes, 0, size).astype(np.float32)
+            img = aug_input.image
+            if self.cutout_prob > 0 and v in (1, 2):  # V2, V3
+                img = np.array(img)
+                cutout_in_boxes(img, vb, self.cutout_prob, self.cutout_ratio, self.cutout_fill)
+            views.append(torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))))
             view_boxes.append(torch.as_tensor(vb))
         for k in ("annotations", "sem_seg_file_name", "proposal_boxes", "proposal_objectness_logits",
                   "proposal_bbox_mode"):

@@ -1,6 +1,8 @@
 from .views import (
     BYOL_VIEW1,
     BYOL_VIEW2,
+    MOCOV2_VIEW,
+    TWO_VIEW_RECIPES,
     ColorJitterTransform,
     GaussianBlurTransform,
     GrayscaleTransform,

@@ -13,12 +13,18 @@ from detectron2.data import transforms as T
 __all__ = [
     "ColorJitterTransform", "GrayscaleTransform", "GaussianBlurTransform", "SolarizeTransform",
     "RandomColorJitter", "RandomGrayscale", "RandomGaussianBlur", "RandomSolarize",
-    "build_view_augmentations", "BYOL_VIEW1", "BYOL_VIEW2",
+    "build_view_augmentations", "BYOL_VIEW1", "BYOL_VIEW2", "MOCOV2_VIEW", "TWO_VIEW_RECIPES",
 ]
 
 # BYOL's two asymmetric views (Grill et al. 2020, Table 6); MoCo v3 and SoCo use the same.
 BYOL_VIEW1 = dict(flip=0.5, color=0.8, gray=0.2, blur=1.0, solarize=0.0)
 BYOL_VIEW2 = dict(flip=0.5, color=0.8, gray=0.2, blur=0.1, solarize=0.2)
+# MoCo v2's symmetric view (Chen et al. 2020; Fast-MoCo's official recipe): stronger saturation
+# jitter, blur at p 0.5, no solarization; both views the same.
+MOCOV2_VIEW = dict(flip=0.5, color=0.8, gray=0.2, blur=0.5, solarize=0.0,
+                   color_strength=(0.4, 0.4, 0.4, 0.1))
+# INPUT.TWO_VIEW.AUGMENT -> (view 1, view 2)
+TWO_VIEW_RECIPES = {"byol": (BYOL_VIEW1, BYOL_VIEW2), "mocov2": (MOCOV2_VIEW, MOCOV2_VIEW)}
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # RGB weights
 
 

@@ -15,7 +15,7 @@ from detpre.utils.dist import concat_all_gather
 __all__ = ["infonce_loss", "InfoNCELoss"]
 
 
-def infonce_loss(q, k, temperature=1.0, gather=True):
+def infonce_loss(q, k, temperature=1.0, gather=True, scale=None):
     """
     Args:
         q: (B, d) queries, or (B, C, d) with C queries per image (Fast-MoCo's combinations);
@@ -23,8 +23,9 @@ def infonce_loss(q, k, temperature=1.0, gather=True):
         k: (B, d) keys of the same B images (no gradient is needed or kept across processes).
         temperature: tau of ``softmax(q.k / tau)``.
         gather: take the negatives from every process (keys of the global batch), as MoCo v3.
+        scale: factor on the cross-entropy; None = MoCo v3's ``2 * tau`` (Fast-MoCo's code: 1).
     Returns:
-        ``2 * tau * CE(q.k_all / tau, index of the same image in k_all)``, both L2-normalized.
+        ``scale * CE(q.k_all / tau, index of the same image in k_all)``, both L2-normalized.
     """
     if q.dim() == 2:
         q = q.unsqueeze(1)
@@ -39,7 +40,8 @@ def infonce_loss(q, k, temperature=1.0, gather=True):
         offset = B * comm.get_rank()
     logits = torch.einsum("bcd,md->bcm", q, k) / temperature
     labels = (torch.arange(B, device=q.device) + offset).repeat_interleave(C)
-    return F.cross_entropy(logits.reshape(B * C, -1), labels) * (2 * temperature)
+    scale = 2 * temperature if scale is None else scale
+    return F.cross_entropy(logits.reshape(B * C, -1), labels) * scale
 
 
 @LOSS_REGISTRY.register()

@@ -29,7 +29,7 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, bottom_up, projector, predictor, pixel_mean, pixel_std, in_feature="res5",
                  combine="mean", num_splits=2, combine_size=2, target_view="other", temperature=1.0,
-                 gather_keys=True):
+                 gather_keys=True, loss_scale=0.0):
         """
         Args:
             bottom_up: a detectron2 ResNet (Backbone) whose ``in_feature`` output is pooled.
@@ -38,6 +38,9 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
                 whole views, no division).
             num_splits: m (m x m patches per view). combine_size: n (patches per combination).
             target_view: "other" (queries of view 1 vs keys of view 2, symmetrized) or "same".
+            loss_scale: s in ``s * (ctr_1 + ctr_2) / 2``, each ctr the InfoNCE averaged over
+                combinations; 0 = each method's official value: 1 for Fast-MoCo (its code),
+                ``4 * tau`` for MoCo v3 (``combine="off"``: 2 tau per direction, summed).
         """
         super().__init__()
         if combine not in COMBINE_MODES:
@@ -56,6 +59,11 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
         self.in_feature, self.combine_mode = in_feature, combine
         self.num_splits, self.target_view = num_splits, target_view
         self.temperature, self.gather_keys = temperature, gather_keys
+        if loss_scale < 0:
+            raise ValueError(f"MODEL.FASTMOCO.LOSS_SCALE={loss_scale}: must be >= 0 (0 = official)")
+        if loss_scale == 0:
+            loss_scale = 4.0 * temperature if combine == "off" else 1.0
+        self.loss_scale = float(loss_scale)
         combos = list(itertools.combinations(range(num_splits ** 2), combine_size))
         self.register_buffer("combinations", torch.tensor(combos, dtype=torch.long), persistent=False)
         self.register_pixel_stats(pixel_mean, pixel_std)
@@ -72,8 +80,10 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
         dim = shapes[c.IN_FEATURE].channels
         return {
             "bottom_up": bottom_up,
-            "projector": MLP(dim, c.HIDDEN_DIM, c.PROJ_DIM, c.PROJ_LAYERS, c.HEAD_NORM, last_norm=True),
-            "predictor": MLP(c.PROJ_DIM, c.HIDDEN_DIM, c.PROJ_DIM, c.PRED_LAYERS, c.HEAD_NORM),
+            "projector": MLP(dim, c.HIDDEN_DIM, c.PROJ_DIM, c.PROJ_LAYERS, c.HEAD_NORM,
+                             last_norm=True, last_affine=c.PROJ_LAST_AFFINE),
+            "predictor": MLP(c.PROJ_DIM, c.PRED_HIDDEN_DIM or c.HIDDEN_DIM, c.PROJ_DIM,
+                             c.PRED_LAYERS, c.HEAD_NORM),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "in_feature": c.IN_FEATURE,
@@ -83,6 +93,7 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
             "target_view": c.TARGET_VIEW,
             "temperature": c.TEMPERATURE,
             "gather_keys": c.GATHER_KEYS,
+            "loss_scale": c.LOSS_SCALE,
         }
 
     # ---- the three steps of the online branch ----
@@ -130,11 +141,13 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
         return self.target.projector(self.embed(x, self.target.backbone))
 
     def loss(self, q1, q2, k1, k2):
-        """MoCo v3's symmetrized InfoNCE (sum of the two directions), each averaged over combinations."""
+        """``loss_scale * (ctr_1 + ctr_2) / 2``: the symmetrized InfoNCE, each direction averaged
+        over its combinations (Fast-MoCo's code: the mean of all 2C losses)."""
         if self.target_view == "same":
             k1, k2 = k2, k1
         t, g = self.temperature, self.gather_keys
-        return infonce_loss(q1, k2, t, g) + infonce_loss(q2, k1, t, g)
+        ctr = infonce_loss(q1, k2, t, g, scale=1.0) + infonce_loss(q2, k1, t, g, scale=1.0)
+        return ctr * (self.loss_scale / 2)
 
     def preprocess(self, batched_inputs, i):
         x = torch.stack([d["views"][i] if "views" in d else d["image"] for d in batched_inputs])

@@ -134,7 +134,7 @@ class JigsawPretrain(PixelNormalizeMixin, nn.Module):
         """
         h, w = logits.shape[-2:]
         if self.mode == "erf":
-            centres = self.erf.location_centres((h, w))
+            centres = self.erf.location_centres((h, w), (self.montage_size,) * 2)
         else:
             centres = grid_centres(h, self.stride), grid_centres(w, self.stride)
         own = location_regions(regions, *centres).to(self.device)

@@ -140,6 +140,9 @@ class SoCo(PixelNormalizeMixin, nn.Module):
         """
         B = len(batched_inputs)
         K = len(batched_inputs[0]["view_boxes"][0])
+        if K == 0:
+            raise ValueError("SoCo needs at least one proposal per image and view "
+                             "(INPUT.SOCO.NUM_PROPOSALS >= 1)")
         if any(len(b) != K for d in batched_inputs for b in d["view_boxes"]):
             raise ValueError("SoCo needs the same number of proposals in every view and image "
                              "(INPUT.SOCO.NUM_PROPOSALS)")

@@ -16,7 +16,7 @@ from torch import nn
 from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.memory import HybridMemory
 from detpre.modeling.reid_encoder import (BNNeck, build_pooling, convert_dsbn, dsbn_domain,
-                                          dsbn_source_parameters)
+                                          dsbn_source_parameters, set_last_stride)
 
 __all__ = ["SpCL"]
 
@@ -25,14 +25,19 @@ __all__ = ["SpCL"]
 class SpCL(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, bottom_up, memory, pixel_mean, pixel_std, in_feature="res5",
-                 pooling="avg", gem_p=3.0, dsbn=False):
+                 pooling="avg", gem_p=3.0, dsbn=False, loss_per_domain=True, last_stride=2):
         """
         Args:
             bottom_up: a detectron2 ResNet whose ``in_feature`` output is pooled.
             memory: a ``HybridMemory`` of the feature dimension (buffers only, checkpointed).
             dsbn: domain-specific BN in the backbone and neck (source images use their own BN).
+            loss_per_domain: with source and target images in the batch, the loss is
+                loss_s + loss_t, each the mean over its domain's images (SpCL's UDA trainer);
+                False: one mean over the batch.
+            last_stride: stride of res5 (SpCL's ResNet: 1; detectron2's: 2).
         """
         super().__init__()
+        set_last_stride(bottom_up, last_stride)
         self.backbone = BottomUpContainer(bottom_up)
         self.in_feature = in_feature
         dim = bottom_up.output_shape()[in_feature].channels
@@ -41,7 +46,7 @@ class SpCL(PixelNormalizeMixin, nn.Module):
         self.pool = build_pooling(pooling, gem_p)
         self.neck = BNNeck(dim)
         self.memory = memory
-        self.dsbn = dsbn
+        self.dsbn, self.loss_per_domain = dsbn, loss_per_domain
         if dsbn:
             convert_dsbn(self.backbone)
             convert_dsbn(self.neck)
@@ -67,6 +72,7 @@ class SpCL(PixelNormalizeMixin, nn.Module):
             "bottom_up": bottom_up, "memory": memory,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "in_feature": c.IN_FEATURE, "pooling": c.POOLING, "gem_p": c.GEM_P, "dsbn": c.DSBN,
+            "loss_per_domain": c.LOSS_PER_DOMAIN, "last_stride": c.LAST_STRIDE,
         }
 
     def preprocess(self, batched_inputs):
@@ -85,11 +91,12 @@ class SpCL(PixelNormalizeMixin, nn.Module):
             domain = int(batched_inputs[0].get("domain", 1)) if batched_inputs else 1
             return [{"feature": f} for f in self.encode(images, domain)]
         indexes = torch.tensor([b["memory_index"] for b in batched_inputs], device=self.device)
+        domains = torch.tensor([int(b.get("domain", 1)) for b in batched_inputs], device=self.device)
+        groups = domains if self.loss_per_domain else None
         if not self.dsbn:
             feats = self.encode(images)
-            return {"loss_spcl": self.memory(feats, indexes)}
+            return {"loss_spcl": self.memory(feats, indexes, groups)}
         # DSBN: each domain through its own BN; keep batch order for the memory update
-        domains = torch.tensor([int(b["domain"]) for b in batched_inputs], device=self.device)
         feats = images.new_zeros(len(batched_inputs), self.neck.bn.num_features)
         extra = 0.0
         for d in (0, 1):
@@ -99,7 +106,7 @@ class SpCL(PixelNormalizeMixin, nn.Module):
             else:  # DDP needs a gradient for every parameter: the absent domain's BN get 0
                 params = dsbn_source_parameters(self) if d == 0 else self._target_bn_parameters()
                 extra = extra + sum(p.sum() for p in params) * 0.0
-        return {"loss_spcl": self.memory(feats, indexes) + extra}
+        return {"loss_spcl": self.memory(feats, indexes, groups) + extra}
 
     def _target_bn_parameters(self):
         src = {id(p) for p in dsbn_source_parameters(self)}
