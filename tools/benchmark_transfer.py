@@ -1,38 +1,51 @@
 #!/usr/bin/env python
 """
-Transfer at equal pretraining time: pretrain each config for the same wall-clock budget,
-export it, fine-tune one detector config from each export and from random init, print
-pretraining cost (s, images/s) and AP:
+Transfer benchmark: pretrain each config (for its own iterations, or for the same wall-clock
+budget), export it, probe its backbone (kNN / linear top-1 on object crops of the labeled val
+split), fine-tune one detector config from each export and from random init with S seeds; print
+AP mean ± std and the paired difference to random init with its 95% interval:
 
-    python tools/benchmark_transfer.py --budget-seconds 120 --configs \\
-        configs/demo/jigsaw_R18_tiny.yaml configs/demo/soco_R18_FPN_tiny.yaml \\
+    python tools/benchmark_transfer.py --budget-seconds 120 --seeds 0,1,2 --configs \\
+        configs/demo/soco_R18_FPN_tiny.yaml configs/demo/jigsaw_R18_tiny.yaml \\
         configs/demo/fastmoco_R18_tiny.yaml [-- fine-tuning KEY VALUE ...]
 
-Finished steps are skipped, killed ones resume; results also go to
-<output-dir>/benchmark_transfer.json.
+Finished steps are skipped, killed ones resume; results go to <output-dir>/benchmark_transfer.json
+and a plot (AP against pretraining seconds) to <output-dir>/transfer.png.
 """
 import argparse
+import os
 
-import detpre  # noqa: F401
-from detpre.engine.transfer_benchmark import run_transfer_benchmark
+import detpre  # noqa: F401  (registers every component)
+from detpre.jobs.report import margin_sentence, plot_transfer, transfer_table
+from detpre.jobs.transfer import Method, run_transfer
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", required=True, help="pretraining configs")
-    ap.add_argument("--budget-seconds", type=float, required=True,
-                    help="training time each pretraining gets")
+    ap.add_argument("--budget-seconds", type=float, default=0.0,
+                    help="training seconds each pretraining gets (0: each config's own MAX_ITER)")
     ap.add_argument("--finetune-config", default="configs/demo/mask_rcnn_R18_FPN_tiny.yaml")
+    ap.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds, paired across inits")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each when > 1)")
     ap.add_argument("--output-dir", default="output/benchmark_transfer")
     ap.add_argument("--calibration-iters", type=int, default=20,
-                    help="iterations timed (benchmark_pretrain) to set each config's MAX_ITER")
-    ap.add_argument("--no-random-init", action="store_true", help="skip the random-init row")
+                    help="iterations timed (the step timer) to fit each config into the budget")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="overrides for the fine-tuning runs")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
-    run_transfer_benchmark(args.configs, args.budget_seconds, args.finetune_config,
-                           args.output_dir, args.calibration_iters, not args.no_random_init, opts)
+    methods = [Method(os.path.splitext(os.path.basename(c))[0], c) for c in args.configs]
+    result = run_transfer(methods, args.finetune_config, args.output_dir,
+                          seeds=[int(s) for s in args.seeds.split(",") if s], jobs=args.jobs,
+                          finetune_opts=opts, budget_s=args.budget_seconds or None,
+                          calibration_iters=args.calibration_iters)
+    plot = plot_transfer(result, os.path.join(args.output_dir, "transfer.png"))
+    print(f"\nFine-tuning {args.finetune_config}"
+          + (f" after {args.budget_seconds:.0f}s of pretraining each:" if args.budget_seconds else ":"))
+    print(transfer_table(result))
+    print("\n" + margin_sentence(result))
+    print(f"\nresults: {os.path.join(args.output_dir, 'benchmark_transfer.json')}, plot: {plot}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from detpre.utils.io import write_json_atomic
 import detpre  # noqa: F401  (registers every component)
-from detpre.engine.self_training_loop import format_rows, self_train
+from detpre.jobs.self_training import format_rows, self_train
 
 
 def main():

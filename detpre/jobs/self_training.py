@@ -21,9 +21,10 @@ from detpre.data.datasets import register_coco, register_from_config
 from detpre.pseudo_labels import label_images
 from detpre.utils.io import atomic_open, write_json_atomic
 
-from .self_training import SelfTrainingTrainer
-from .steps import final_metrics
-from .trainer import Trainer
+from detpre.engine.self_training import SelfTrainingTrainer
+from detpre.engine.trainer import Trainer
+
+from .runner import final_metrics, is_finished, repo_path
 
 __all__ = ["self_train", "export_plain_checkpoint"]
 
@@ -40,7 +41,7 @@ def export_plain_checkpoint(checkpoint, path):
 
 def _train(trainer_cls, cfg):
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    if not os.path.isfile(final):
+    if not is_finished(cfg.OUTPUT_DIR):
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         trainer = trainer_cls(cfg)
         trainer.resume_or_load(resume=True)
@@ -75,6 +76,7 @@ def self_train(teacher_config, student_config, output_dir, *, rounds=1, teacher_
     """Run ``rounds`` teacher -> student rounds; returns a list of per-model result rows."""
     if rounds < 1:
         raise ValueError(f"--rounds {rounds}: must be >= 1")
+    teacher_config, student_config = repo_path(teacher_config), repo_path(student_config)
     tcfg = get_detpre_cfg(teacher_config, list(teacher_opts) + ["OUTPUT_DIR", os.path.join(output_dir, "teacher")])
     register_from_config(tcfg)
     trained = teacher_weights is None

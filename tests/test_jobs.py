@@ -1,0 +1,109 @@
+"""The job runner behind the demo, the transfer benchmark and self-training rounds."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detpre.config import get_detpre_cfg
+from detpre.jobs import REPO_ROOT, final_metrics, is_finished, mean_std, paired_difference, repo_path
+from detpre.jobs.report import margin_sentence, transfer_table
+from detpre.jobs.runner import run_logged
+from detpre.jobs.transfer import schedule_opts
+
+
+def test_schedule_is_scaled_to_the_iteration_budget():
+    cfg = get_detpre_cfg()
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS = 1000, (600, 900), 100
+    opts = dict(zip(*[iter(schedule_opts(cfg, 250))] * 2))
+    assert opts == {"SOLVER.MAX_ITER": "250", "SOLVER.STEPS": "(150, 225)",
+                    "SOLVER.WARMUP_ITERS": "25", "SOLVER.CHECKPOINT_PERIOD": "250"}
+    cfg.merge_from_list(schedule_opts(cfg, 3))  # the overrides merge; tiny budgets stay valid
+    assert cfg.SOLVER.MAX_ITER == 3 and all(0 < s < 3 for s in cfg.SOLVER.STEPS)
+    assert cfg.SOLVER.WARMUP_ITERS <= 1
+
+
+def test_final_metrics_is_the_last_evaluation(tmp_path):
+    recs = [{"iteration": 19, "time": 0.5}, {"iteration": 59, "bbox/AP": 1.0},
+            {"iteration": 99, "bbox/AP": 12.5, "segm/AP": 10.0}, {"iteration": 99, "time": 0.4}]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert final_metrics(str(tmp_path))["bbox/AP"] == 12.5
+    assert final_metrics(str(tmp_path / "none")) == {}
+
+
+def test_paired_difference_by_hand():
+    a, b = [6.0, 7.0, 8.0], [4.0, 4.0, 4.0]  # d = 2, 3, 4: mean 3, sd 1
+    d = paired_difference(a, b)
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n) = 2.484
+    assert d["mean"] == pytest.approx(3.0) and d["std"] == pytest.approx(1.0)
+    assert (d["low"], d["high"]) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    assert d["excludes_zero"] and d["n"] == 3
+    # d = 1, 2, 3: mean 2 but the interval [-0.48, 4.48] covers 0
+    assert not paired_difference([5.0, 6.0, 7.0], [4.0, 4.0, 4.0])["excludes_zero"]
+    assert mean_std([2.0]) == (2.0, 0.0)
+    with pytest.raises(ValueError, match="pair them by seed"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_finished_means_a_loadable_final_checkpoint(tmp_path):
+    assert not is_finished(str(tmp_path))
+    (tmp_path / "model_final.pth").write_bytes(b"")  # a kill during the final save
+    assert not is_finished(str(tmp_path))
+    (tmp_path / "model_final.pth").write_bytes(b"\x80\x04truncated")
+    assert not is_finished(str(tmp_path))
+    torch.save({"model": {}}, tmp_path / "model_final.pth")
+    assert is_finished(str(tmp_path))
+
+
+def test_configs_and_tools_are_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert repo_path("configs/demo/soco_R18_FPN_tiny.yaml") == str(REPO_ROOT / "configs/demo/soco_R18_FPN_tiny.yaml")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("")
+    assert repo_path("configs/mine.yaml") == "configs/mine.yaml"  # the user's own file wins
+
+
+def test_run_logged_logs_and_reports_failures(tmp_path, capsys):
+    log = tmp_path / "log.txt"
+    sec = run_logged([sys.executable, "-c", "print('eta: 0:00:01  iter: 19  total_loss: 1.5')"],
+                     str(log), "unit")
+    assert sec >= 0 and "iter: 19" in log.read_text()
+    with pytest.raises(RuntimeError, match="exit 3.*last lines"):
+        run_logged([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], str(log), "unit")
+    assert "[unit] $" in capsys.readouterr().out
+
+
+def _row(name, aps, cost=None):
+    from detpre.jobs.transfer import _summary
+
+    runs = [{"bbox/AP": a, "bbox/AP50": 2 * a, "segm/AP": a / 2} for a in aps]
+    return {"init": name, "pretrain": cost, "probe": {"knn_top1": 20.0, "linear_top1": 30.0},
+            "finetune": runs, "summary": None, "_runs": runs}
+
+
+def test_table_and_margin_sentence():
+    from detpre.jobs.transfer import _summary
+
+    rows = [_row("random init", [1.0, 2.0, 3.0]),
+            _row("soco", [3.0, 4.5, 5.0], {"train_s": 100.0, "iters": 50, "images_per_s": 4.0})]
+    for r in rows:
+        r["summary"] = _summary(r["_runs"], rows[0]["_runs"])
+    result = {"rows": rows, "seeds": [0, 1, 2]}
+    table = transfer_table(result)
+    assert "2.00 ± 1.00" in table and "+2.17" in table and "*" in table
+    assert "better than random init beyond the seed noise" in margin_sentence(result)
+
+
+def test_every_tool_answers_help_from_outside_the_repository(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    failed = {}
+    for tool in sorted((REPO_ROOT / "tools").glob("*.py")):
+        p = subprocess.run([sys.executable, str(tool), "--help"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+        if p.returncode != 0 or "usage" not in p.stdout.lower():
+            failed[tool.name] = (p.stdout + p.stderr)[-300:]
+    assert not failed, failed
