@@ -95,3 +95,8 @@ def coverage_report(weights, model):
     filled_set = set(filled)
     random_init = [k for k in target if k not in filled_set and not k.endswith("num_batches_tracked")]
     return {"filled": filled, "shape_mismatch": mismatched, "unused": unused, "random_init": random_init}
+
+
+from detpre.utils.checkpoint_io import is_finished  # noqa: E402  ("finished" = loadable model_final.pth)
+
+__all__.append("is_finished")

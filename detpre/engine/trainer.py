@@ -3,6 +3,7 @@
 from detpre's config keys. Only ``build_*`` classmethods are overridden.
 """
 import os
+import weakref
 
 from detectron2.engine import DefaultTrainer, hooks
 
@@ -10,6 +11,8 @@ from detpre.data.build import build_test_loader, build_train_loader
 from detpre.evaluation import build_evaluator
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
+
+from .checkpointer import DetpreCheckpointer
 
 __all__ = ["Trainer"]
 
@@ -30,7 +33,13 @@ class _RunInfo:
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.checkpointer.checkpointables["detpre"] = _RunInfo(cfg)
+        # atomic saves, a --resume that skips a corrupt latest checkpoint, checked MODEL.WEIGHTS
+        self.checkpointer = DetpreCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            weights_strict=cfg.MODEL.WEIGHTS_STRICT, detpre=_RunInfo(cfg))
+        for h in self._hooks:
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                h.checkpointer = self.checkpointer
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 
 from detpre.data.jigsaw import assemble_montage, ensure_samples, extraction_params
+from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["JigsawMapper"]
@@ -89,7 +89,7 @@ class JigsawMapper:
     def _crop(self, k, cache):
         file_name = self.images[self.owner[k]]
         if file_name not in cache:
-            cache[file_name] = utils.read_image(file_name, format=self.image_format)
+            cache[file_name] = read_image(file_name, format=self.image_format)
         image = cache[file_name]
         x1, y1, x2, y2 = self.boxes[k]
         if x2 > image.shape[1] or y2 > image.shape[0]:
