@@ -4,6 +4,7 @@
 the data set); the other cells are drawn from the whole sample pool by aspect-ratio group.
 """
 import logging
+import os
 
 import numpy as np
 import torch
@@ -43,7 +44,10 @@ class JigsawMapper:
         self.owner = owner
         self.image_index = {f: i for i, f in enumerate(self.images)}
         self.by_image = {i: np.flatnonzero(owner == i) for i in np.unique(owner)}
-        self.pools = {g: np.flatnonzero(groups == g) for g in ("S", "T", "W")}
+        # samples of images missing on disk are never drawn (skipped, as the data checks report)
+        present = np.asarray([os.path.isfile(f) for f in self.images], dtype=bool)[owner]
+        self.usable = np.flatnonzero(present)
+        self.pools = {g: np.flatnonzero((groups == g) & present) for g in ("S", "T", "W")}
         self.groups = groups
         empty = [g for g, p in self.pools.items() if len(p) == 0]
         if empty:
@@ -64,7 +68,7 @@ class JigsawMapper:
         }
 
     def _draw(self, group):
-        pool = self.pools[group] if len(self.pools[group]) else np.arange(len(self.labels))
+        pool = self.pools[group] if len(self.pools[group]) else self.usable
         return int(pool[np.random.randint(len(pool))])
 
     def choose(self, file_name):
