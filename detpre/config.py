@@ -308,7 +308,7 @@ def get_detpre_cfg(config_file=None, opts=()):
             cfg.merge_from_file(config_file)
         if opts:
             cfg.merge_from_list(list(opts))
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from opts
         raise _unknown_key_error(cfg, e, config_file, opts) from None
     return cfg
 
@@ -322,13 +322,13 @@ def _all_keys(node, prefix=""):
 
 
 def _unknown_key_error(cfg, err, config_file, opts):
-    """yacs' ``KeyError('Non-existent config key: X')`` as one line with the closest valid key."""
+    """yacs' "Non-existent (config) key: X" as one line with the closest valid key."""
     import difflib
 
     from detpre.errors import DetpreError
 
     text = str(err.args[0]) if err.args else str(err)
-    if "Non-existent config key" not in text:
+    if not text.startswith(("Non-existent config key:", "Non-existent key:")):
         return err
     key = text.split(":", 1)[1].strip()
     keys = list(_all_keys(cfg))

@@ -135,8 +135,9 @@ class DetpreCheckpointer(DetectionCheckpointer):
         try:
             data = super()._load_file(filename)
         except Exception as e:
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
             raise DetpreError(f"{filename} is not a checkpoint detpre can read ({type(e).__name__}: "
-                              f"{e}); {READABLE_FORMATS}") from e
+                              f"{reason}); {READABLE_FORMATS}") from e
         model = data.get("model") if isinstance(data, dict) else None
         if not isinstance(model, dict):
             raise DetpreError(f"{filename} holds no state dict; {READABLE_FORMATS}")
