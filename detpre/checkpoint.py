@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from detpre.utils.checkpoint_io import is_finished  # "finished" = a loadable model_final.pth
 from detpre.utils.io import atomic_open
 
 __all__ = [
     "DETECTOR_PREFIXES", "load_detpre_checkpoint", "export_weights", "save_model_zoo_file",
-    "coverage_report",
+    "coverage_report", "is_finished",
 ]
 
 # What each detector family takes from a pretrained checkpoint.
@@ -95,8 +96,3 @@ def coverage_report(weights, model):
     filled_set = set(filled)
     random_init = [k for k in target if k not in filled_set and not k.endswith("num_batches_tracked")]
     return {"filled": filled, "shape_mismatch": mismatched, "unused": unused, "random_init": random_init}
-
-
-from detpre.utils.checkpoint_io import is_finished  # noqa: E402  ("finished" = loadable model_final.pth)
-
-__all__.append("is_finished")
