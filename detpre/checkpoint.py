@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from detpre.utils.checkpoint_io import is_finished  # "finished" = a loadable model_final.pth
 from detpre.utils.io import atomic_open
 
 __all__ = [
     "DETECTOR_PREFIXES", "load_detpre_checkpoint", "export_weights", "save_model_zoo_file",
-    "coverage_report", "stored_config", "detector_config", "export_checked",
+    "coverage_report", "stored_config", "detector_config", "export_checked", "is_finished",
 ]
 
 # What each detector family takes from a pretrained checkpoint.

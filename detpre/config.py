@@ -42,6 +42,17 @@ def add_trainer_config(cfg):
     _C.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM = True
 
 
+def add_reliability_config(cfg):
+    """What a run tolerates: bad images, partial weights."""
+    _C = cfg
+    # Training skips unreadable/missing images (logged once, counted as data/skipped_images);
+    # it stops with an error when more than this share of the training images is bad.
+    _C.DATALOADER.MAX_BAD_IMAGE_FRACTION = 0.1
+    # MODEL.WEIGHTS that fill less than 90% of a pretrained part (backbone, FPN, box head) they
+    # hold is an error; False trains anyway (those weights randomly initialized), with a warning.
+    _C.MODEL.WEIGHTS_STRICT = True
+
+
 def add_ssl_config(cfg):
     """Pieces shared by the self-supervised methods: momentum target, MLP heads, views."""
     _C = cfg
@@ -311,6 +322,7 @@ def add_detpre_config(cfg):
     """Add every detpre key to ``cfg`` (a detectron2 CfgNode from ``get_cfg()``), in place."""
     add_dataset_config(cfg)
     add_trainer_config(cfg)
+    add_reliability_config(cfg)
     add_ssl_config(cfg)
     add_soco_config(cfg)
     add_fastmoco_config(cfg)
@@ -326,8 +338,40 @@ def get_detpre_cfg(config_file=None, opts=()):
     from detectron2.config import get_cfg
 
     cfg = add_detpre_config(get_cfg())
-    if config_file:
-        cfg.merge_from_file(config_file)
-    if opts:
-        cfg.merge_from_list(list(opts))
+    try:
+        if config_file:
+            cfg.merge_from_file(config_file)
+        if opts:
+            cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from opts
+        raise _unknown_key_error(cfg, e, config_file, opts) from None
     return cfg
+
+
+def _all_keys(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, CN):
+            yield from _all_keys(v, prefix + k + ".")
+        else:
+            yield prefix + k
+
+
+def _unknown_key_error(cfg, err, config_file, opts):
+    """yacs' "Non-existent (config) key: X" as one line with the closest valid key."""
+    import difflib
+
+    from detpre.errors import DetpreError
+
+    text = str(err.args[0]) if err.args else str(err)
+    if not text.startswith(("Non-existent config key:", "Non-existent key:")):
+        return err
+    key = text.split(":", 1)[1].strip()
+    keys = list(_all_keys(cfg))
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:  # a typo in the leaf name under another node: match the last part
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
+        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.7)
+        close = [by_leaf[leaf[0]]] if leaf else []
+    where = "the command line" if key in [str(o) for o in (opts or ())[::2]] else (config_file or "the config")
+    hint = f"; did you mean {close[0]}?" if close else "; see detpre/config.py and detectron2's defaults"
+    return DetpreError(f"unknown config key {key} (in {where}){hint}")

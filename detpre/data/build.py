@@ -1,7 +1,10 @@
 """
 Train/test loaders: detectron2's batching with the mapper the config names, and a train stream
-that ``--resume`` continues exactly (see ``samplers.py``).
+that ``--resume`` continues exactly (see ``samplers.py``). The training data is checked before
+use: proposal files against their data set, image files on disk (``checks.py``); an image that
+fails to read during training is skipped and counted (``image_io.BadImageLog``).
 """
+import itertools
 import logging
 
 from detectron2.data import (
@@ -10,9 +13,17 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
+    load_proposals_into_dataset,
 )
+from detectron2.data.build import filter_images_with_few_keypoints, filter_images_with_only_crowd_annotations
+from detectron2.data.detection_utils import check_metadata_consistency
 
+from detpre.errors import DetpreError
+
+from .checks import check_training_images
+from .image_io import DEFAULT_MAX_BAD_FRACTION, BadImageLog
 from .mappers import build_mapper
+from .proposals.proposal_file import check_proposal_file
 from .samplers import IdentityBalancedSampler, ResumableTrainingSampler, SeededMapDataset
 
 __all__ = ["build_train_loader", "build_test_loader", "ResumableLoader"]
@@ -25,31 +36,56 @@ class ResumableLoader:
     detectron2's trainer calls ``iter()`` on the loader at construction.
     """
 
-    def __init__(self, dataset, sampler, total_batch_size, aspect_ratio_grouping, num_workers):
+    def __init__(self, dataset, sampler, total_batch_size, aspect_ratio_grouping, num_workers,
+                 max_bad_fraction=DEFAULT_MAX_BAD_FRACTION):
         self.dataset, self.sampler = dataset, sampler
         self.total_batch_size = total_batch_size
         self.aspect_ratio_grouping, self.num_workers = aspect_ratio_grouping, num_workers
+        self.bad_images = BadImageLog(len(dataset), max_bad_fraction)
 
     def set_start_iter(self, start_iter):
         self.sampler.start = start_iter * (self.total_batch_size // self.sampler._world)
 
     def __iter__(self):
-        yield from build_batch_data_loader(
+        for batch in build_batch_data_loader(
             self.dataset,
             self.sampler,
             self.total_batch_size,
             aspect_ratio_grouping=self.aspect_ratio_grouping,
             num_workers=self.num_workers,
-        )
+        ):
+            self.bad_images.collect(batch)
+            yield batch
 
 
 def train_dataset_dicts(cfg):
-    return get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
+    """detectron2's ``get_detection_dataset_dicts`` of DATASETS.TRAIN, with each proposal file
+    checked against its data set before it is loaded, and missing image files dropped."""
+    names = list(cfg.DATASETS.TRAIN)
+    files = list(cfg.DATASETS.PROPOSAL_FILES_TRAIN) if cfg.MODEL.LOAD_PROPOSALS else []
+    if cfg.MODEL.LOAD_PROPOSALS and len(files) != len(names):
+        raise DetpreError(f"DATASETS.PROPOSAL_FILES_TRAIN has {len(files)} file(s) for "
+                          f"{len(names)} DATASETS.TRAIN entries {names}: give one per data set")
+    per_name = []
+    for i, name in enumerate(names):
+        dicts = get_detection_dataset_dicts(name, filter_empty=False)
+        if files:
+            check_proposal_file(files[i], dicts, name)
+            dicts = load_proposals_into_dataset(dicts, files[i])
+        per_name.append(dicts)
+    dicts = list(itertools.chain.from_iterable(per_name))
+    if dicts and "annotations" in dicts[0]:
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            dicts = filter_images_with_only_crowd_annotations(dicts)
+        if cfg.MODEL.KEYPOINT_ON and cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE > 0:
+            dicts = filter_images_with_few_keypoints(dicts, cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE)
+        if len(names) > 1:
+            try:
+                check_metadata_consistency("thing_classes", names)
+            except AttributeError:  # data sets without thing_classes
+                pass
+    dicts, _ = check_training_images(dicts, cfg.DATALOADER.MAX_BAD_IMAGE_FRACTION, f"DATASETS.TRAIN {names}")
+    return dicts
 
 
 def build_train_loader(cfg, mapper=None):
@@ -76,6 +112,7 @@ def build_train_loader(cfg, mapper=None):
         cfg.SOLVER.IMS_PER_BATCH,
         cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         cfg.DATALOADER.NUM_WORKERS,
+        cfg.DATALOADER.MAX_BAD_IMAGE_FRACTION,
     )
 
 

@@ -15,6 +15,8 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
+from .image_io import BAD_IMAGES_KEY, bad_image_of
+
 __all__ = ["ResumableTrainingSampler", "SeededMapDataset", "IdentityBalancedSampler", "sample_seed"]
 
 
@@ -56,7 +58,9 @@ class ResumableTrainingSampler(Sampler):
 
 class SeededMapDataset(Dataset):
     """``dataset[(position, index)]`` = ``mapper(dataset[index])`` with the RNGs seeded by position.
-    A sample the mapper drops (returns None) is replaced by the next index, deterministically."""
+    A sample the mapper drops (returns None) or whose image cannot be read (``OSError``) is
+    replaced by the next index, deterministically; the unreadable files ride along in the sample
+    under ``BAD_IMAGES_KEY`` for the loader's ``BadImageLog``."""
 
     def __init__(self, dataset, mapper, seed):
         self.dataset, self.mapper, self.seed = dataset, mapper, seed
@@ -66,13 +70,24 @@ class SeededMapDataset(Dataset):
 
     def __getitem__(self, key):
         position, idx = key
-        for attempt in range(len(self.dataset)):
+        bad = []
+        # at least a few tries: a mapper that draws other images too (jigsaw) may fail on any index
+        for attempt in range(max(len(self.dataset), 16)):
             s = sample_seed(self.seed, position) + attempt
             np.random.seed(s % 2**32)
             random.seed(s)
-            out = self.mapper(self.dataset[(idx + attempt) % len(self.dataset)])
+            record = self.dataset[(idx + attempt) % len(self.dataset)]
+            try:
+                out = self.mapper(record)
+            except OSError as e:  # missing / truncated / not an image
+                bad.append(bad_image_of(e, record))
+                continue
             if out is not None:
+                if bad and isinstance(out, dict):
+                    out[BAD_IMAGES_KEY] = bad
                 return out
+        if bad:
+            raise RuntimeError(f"no training image could be read; e.g. {bad[0][0]}: {bad[0][1]}")
         raise RuntimeError("the mapper dropped every sample of the training set")
 
 

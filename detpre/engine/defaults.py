@@ -1,23 +1,52 @@
 """What ``tools/train_net.py`` runs in each process: set-up, then train or evaluate."""
 import logging
+import os
+import tempfile
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
+from detpre.errors import DetpreError
+from detpre.utils.checkpoint_io import checkpoint_candidates
 
+from .checkpointer import DetpreCheckpointer
 from .trainer import Trainer
 
-__all__ = ["setup", "main"]
+__all__ = ["setup", "main", "check_output_dir", "check_weights"]
+
+
+def check_output_dir(path):
+    """``OUTPUT_DIR`` exists (or is made) and takes files; else one line naming it."""
+    if not path or not comm.is_main_process():
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise DetpreError(f"OUTPUT_DIR={path} is not writable ({e.strerror or e}); choose another "
+                          "OUTPUT_DIR or fix its permissions") from None
+
+
+def check_weights(cfg, resume):
+    """A local ``MODEL.WEIGHTS`` must exist before anything is built (unless a resume replaces it)."""
+    w = cfg.MODEL.WEIGHTS
+    if not w or "://" in w or os.path.isfile(w):
+        return
+    if resume and checkpoint_candidates(cfg.OUTPUT_DIR):
+        return
+    raise DetpreError(f"MODEL.WEIGHTS={w}: no such file; give an existing .pth/.pkl checkpoint, "
+                      "a detectron2:// model-zoo path, or MODEL.WEIGHTS '' for random init")
 
 
 def setup(args):
     """Config from ``--config-file`` + ``opts``, detectron2's default set-up, data sets registered."""
     cfg = get_detpre_cfg(args.config_file, args.opts)
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     register_from_config(cfg)
     return cfg
@@ -34,10 +63,12 @@ def trainer_class(cfg):
 
 def main(args, trainer_cls=None):
     cfg = setup(args)
+    check_weights(cfg, args.resume)
     trainer_cls = trainer_cls or trainer_class(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        DetpreCheckpointer(model, save_dir=cfg.OUTPUT_DIR,
+                           weights_strict=cfg.MODEL.WEIGHTS_STRICT).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         logging.getLogger("detpre").info("Evaluating weights: %s", cfg.MODEL.WEIGHTS)

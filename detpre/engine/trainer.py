@@ -3,13 +3,19 @@
 from detpre's config keys. Only ``build_*`` classmethods are overridden.
 """
 import os
+import weakref
 
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.utils import comm
 
 from detpre.data.build import build_test_loader, build_train_loader
 from detpre.evaluation import build_evaluator
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
+
+from detpre.utils.checkpoint_io import is_finished
+
+from .checkpointer import DetpreCheckpointer
 
 __all__ = ["Trainer"]
 
@@ -30,7 +36,13 @@ class _RunInfo:
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.checkpointer.checkpointables["detpre"] = _RunInfo(cfg)
+        # atomic saves, a --resume that skips a corrupt latest checkpoint, checked MODEL.WEIGHTS
+        self.checkpointer = DetpreCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            weights_strict=cfg.MODEL.WEIGHTS_STRICT, detpre=_RunInfo(cfg))
+        for h in self._hooks:
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                h.checkpointer = self.checkpointer
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
@@ -38,6 +50,16 @@ class Trainer(DefaultTrainer):
         loader = self._trainer.data_loader
         if hasattr(loader, "set_start_iter"):
             loader.set_start_iter(self.start_iter)
+
+    def train(self):
+        ret = super().train()
+        if self.start_iter >= self.max_iter and comm.is_main_process() and \
+                not is_finished(self.cfg.OUTPUT_DIR):
+            # resumed from the last periodic checkpoint of a run killed while writing
+            # model_final.pth: nothing left to train, but "finished" needs that file
+            self.iter = self.max_iter - 1
+            self.checkpointer.save("model_final", iteration=self.iter)
+        return ret
 
     # detectron2 v0.6's DefaultTrainer checkpoints no optimizer state (later versions do): without
     # this, --resume restarts SGD/LARS momentum and the resumed run drifts from the uninterrupted one.

@@ -14,6 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from detpre.utils.checkpoint_io import is_finished
+
 __all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "is_finished",
            "train", "metrics_records", "final_metrics", "PROGRESS_S"]
 
@@ -85,21 +87,6 @@ def run_parallel(fns, jobs=1):
         return [fn() for fn in fns]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return [f.result() for f in [pool.submit(fn) for fn in fns]]
-
-
-def is_finished(out_dir):
-    """A run is finished when its ``model_final.pth`` exists and loads (a 0-byte or truncated
-    file from a killed save is not finished)."""
-    path = os.path.join(out_dir, "model_final.pth")
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return False
-    import torch
-
-    try:
-        torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return False
-    return True
 
 
 def train(config, out_dir, opts=(), label="", threads=None, log_name="log_job.txt"):

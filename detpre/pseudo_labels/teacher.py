@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
 
@@ -40,8 +39,10 @@ def build_teacher(cfg, weights):
         raise ValueError("no teacher weights: pass --weights (or MODEL.WEIGHTS) of a trained detector")
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"teacher weights not found: {weights}")
+    from detpre.engine.checkpointer import DetpreCheckpointer  # (engine imports pseudo_labels)
+
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    DetpreCheckpointer(model, weights_strict=cfg.MODEL.WEIGHTS_STRICT).load(weights)
     logger.info("Teacher weights: %s", weights)
     return model.eval()
 

@@ -1,10 +1,17 @@
-"""Atomic writes: every output detpre produces appears whole or not at all (temp file + rename)."""
+"""
+Atomic writes: every output detpre produces appears whole or not at all (temp file + rename).
+``output_lock``: one writer at a time for an output that is built over many steps.
+"""
 import contextlib
+import errno
 import json
 import os
+import socket
 import tempfile
 
-__all__ = ["atomic_open", "write_bytes_atomic", "write_json_atomic"]
+from detpre.errors import DetpreError
+
+__all__ = ["atomic_open", "write_bytes_atomic", "write_json_atomic", "output_lock", "OutputLocked"]
 
 
 @contextlib.contextmanager
@@ -36,3 +43,62 @@ def write_bytes_atomic(path, data):
 def write_json_atomic(data, path, **dump_kwargs):
     with atomic_open(path, "w") as f:
         json.dump(data, f, **dump_kwargs)
+
+
+class OutputLocked(DetpreError):
+    """Another live process is writing the same output."""
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _read_owner(lock):
+    try:
+        with open(lock) as f:
+            info = json.load(f)
+        return int(info["pid"]), str(info.get("host", ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, ""
+
+
+@contextlib.contextmanager
+def output_lock(path, what="output"):
+    """
+    Hold ``<path>.lock`` (created with ``O_EXCL``, naming the owner's pid and host) while ``path``
+    is written. A second writer gets ``OutputLocked`` naming the owner; a lock left by a dead
+    process of this host is taken over. A lock that is being created (empty) counts as held.
+    """
+    lock = os.fspath(path) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
+    host, me = socket.gethostname(), os.getpid()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+            pid, owner_host = _read_owner(lock)
+            if pid is not None and owner_host == host and pid != me and not _pid_alive(pid):
+                os.remove(lock)  # stale: its writer died without cleaning up
+                continue
+            who = f"process {pid} on {owner_host or 'an unknown host'}" if pid else "another process"
+            raise OutputLocked(
+                f"{path} is being written by {who} (lock file {lock}); wait for it to finish, "
+                f"or write this {what} elsewhere. If no such process runs, delete {lock}.") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": me, "host": host}, f)
+        break
+    else:
+        raise OutputLocked(f"cannot take the lock {lock}: it keeps reappearing")
+    try:
+        yield lock
+    finally:
+        if _read_owner(lock)[0] == me:
+            os.remove(lock)

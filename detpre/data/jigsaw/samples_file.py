@@ -1,15 +1,18 @@
 """
 The jigsaw sample cache: one json per (training data sets, extraction parameters), written by
 ``tools/extract_jigsaw_samples.py`` or on first use by the mapper, atomically. A file made for
-other data sets or other parameters is refused with a message, never silently used.
+other data sets or other parameters is refused with a message, never silently used. The file is
+locked while extracted (``<file>.lock``): a second writer stops with a message; with several
+processes of one training run, the main one extracts and the others wait for it.
 """
 import json
 import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
 
-from detpre.utils.io import write_json_atomic
+from detpre.utils.io import output_lock, write_json_atomic
 
 from .extract import aspect_group, extract_samples
 
@@ -69,6 +72,11 @@ def load_samples(path, params=None):
 
 
 def _extract(path, params):
+    with output_lock(path, "jigsaw sample file"):
+        return _extract_locked(path, params)
+
+
+def _extract_locked(path, params):
     logging.getLogger(__name__).info("Extracting jigsaw samples of %s into %s",
                                      params["datasets"], path)
     dicts = [d for name in params["datasets"] for d in DatasetCatalog.get(name)]
@@ -99,8 +107,9 @@ def ensure_samples(path, params):
     if not path:
         raise ValueError("DATASETS.JIGSAW_SAMPLES is empty: name the json file for the jigsaw "
                          "samples (it is extracted there on first use)")
-    if not os.path.isfile(path):
+    if comm.is_main_process() and not os.path.isfile(path):
         _extract(path, params)
+    comm.synchronize()  # the other processes of a multi-GPU run wait for the file
     return load_samples(path, params)
 
 

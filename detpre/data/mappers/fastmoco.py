@@ -15,6 +15,7 @@ from detectron2.data import transforms as T
 
 from detpre.data.transforms import TWO_VIEW_RECIPES, build_view_augmentations
 from detpre.data.transforms.resized_crop import RandomResizedCrop
+from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["TwoViewMapper"]
@@ -52,7 +53,7 @@ class TwoViewMapper:
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
-        image = utils.read_image(d["file_name"], format=self.image_format)
+        image = read_image(d["file_name"], format=self.image_format)
         utils.check_image_size(d, image)
         views = []
         for augs in self.views:

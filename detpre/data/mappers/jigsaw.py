@@ -4,13 +4,14 @@
 the data set); the other cells are drawn from the whole sample pool by aspect-ratio group.
 """
 import logging
+import os
 
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 
 from detpre.data.jigsaw import assemble_montage, ensure_samples, extraction_params
+from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["JigsawMapper"]
@@ -43,7 +44,10 @@ class JigsawMapper:
         self.owner = owner
         self.image_index = {f: i for i, f in enumerate(self.images)}
         self.by_image = {i: np.flatnonzero(owner == i) for i in np.unique(owner)}
-        self.pools = {g: np.flatnonzero(groups == g) for g in ("S", "T", "W")}
+        # samples of images missing on disk are never drawn (skipped, as the data checks report)
+        present = np.asarray([os.path.isfile(f) for f in self.images], dtype=bool)[owner]
+        self.usable = np.flatnonzero(present)
+        self.pools = {g: np.flatnonzero((groups == g) & present) for g in ("S", "T", "W")}
         self.groups = groups
         empty = [g for g, p in self.pools.items() if len(p) == 0]
         if empty:
@@ -64,7 +68,7 @@ class JigsawMapper:
         }
 
     def _draw(self, group):
-        pool = self.pools[group] if len(self.pools[group]) else np.arange(len(self.labels))
+        pool = self.pools[group] if len(self.pools[group]) else self.usable
         return int(pool[np.random.randint(len(pool))])
 
     def choose(self, file_name):
@@ -89,7 +93,7 @@ class JigsawMapper:
     def _crop(self, k, cache):
         file_name = self.images[self.owner[k]]
         if file_name not in cache:
-            cache[file_name] = utils.read_image(file_name, format=self.image_format)
+            cache[file_name] = read_image(file_name, format=self.image_format)
         image = cache[file_name]
         x1, y1, x2, y2 = self.boxes[k]
         if x2 > image.shape[1] or y2 > image.shape[0]:

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 
 from detpre.data.datasets.reid import reid_memory_layout
+from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["ReIDMapper", "random_erasing"]
@@ -104,7 +104,7 @@ class ReIDMapper:
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
-        img = utils.read_image(d["file_name"], format=self.image_format)
+        img = read_image(d["file_name"], format=self.image_format)
         if d.get("crop_box") is not None:
             x0, y0, x1, y1 = d["crop_box"]
             x0, y0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)

@@ -24,6 +24,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from detpre.data.transforms import BYOL_VIEW1, BYOL_VIEW2, build_view_augmentations
+from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["SoCoMapper", "sample_crop", "random_boxes", "jitter_boxes", "select_proposals",
@@ -232,7 +233,7 @@ class SoCoMapper:
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
-        image = utils.read_image(d["file_name"], format=self.image_format)
+        image = read_image(d["file_name"], format=self.image_format)
         utils.check_image_size(d, image)
         h, w = image.shape[:2]
         crops, boxes = self.geometry(self.proposals(d, h, w), h, w)

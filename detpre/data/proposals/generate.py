@@ -6,7 +6,9 @@ Per image: read it as detectron2's mapper does (``read_image``, EXIF-rotated RGB
 backend, map the boxes back to original pixels, apply SoCo's filter there. Images are spread
 over a process pool; results stream to chunk files (memory does not grow with the number of
 images) and a killed run resumes where it stopped. An unreadable image is reported and gets
-no proposals. ``shard=(i, N)`` takes the i-th of N contiguous slices of the records.
+no proposals. ``shard=(i, N)`` takes the i-th of N contiguous slices of the records. The output
+is locked while written (``<output>.lock``): a second run on it stops with a message. The file
+carries each image's fingerprint (``image_fingerprint``) for training to check it against.
 """
 import logging
 import os
@@ -14,9 +16,11 @@ import os
 import cv2
 import numpy as np
 
+from detpre.utils.io import output_lock
+
 from .backends import build_backend
 from .filtering import ProposalFilter
-from .proposal_file import PartStore, atomic_write_bytes, write_proposal_file
+from .proposal_file import PartStore, atomic_write_bytes, image_fingerprint, write_proposal_file
 
 __all__ = ["compute_proposals", "generate_proposals", "shard_range", "resize_for_proposals"]
 
@@ -57,7 +61,7 @@ def compute_proposals(image, backend, proposal_size=224, proposal_filter=None):
 
 
 def _read_rgb(file_name):
-    from detectron2.data.detection_utils import read_image
+    from detpre.data.image_io import read_image
 
     image = read_image(file_name, format="RGB")
     if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
@@ -111,7 +115,13 @@ def generate_proposals(records, output, backend="detpre", backend_kwargs=None,
     if os.path.exists(output) and not overwrite:
         logger.warning(f"{output} exists; delete it (or pass overwrite) to regenerate")
         return {"num_images": len(items), "errors": [], "output": output, "skipped": True}
+    with output_lock(output, "proposal file"):
+        return _generate(items, total, output, backend, backend_kwargs, proposal_size,
+                         proposal_filter, workers, shard, chunk_size, progress)
 
+
+def _generate(items, total, output, backend, backend_kwargs, proposal_size, proposal_filter,
+              workers, shard, chunk_size, progress):
     settings = dict(backend=build_backend(backend, **backend_kwargs).params,
                     proposal_size=int(proposal_size),
                     filter=proposal_filter.params() if proposal_filter is not None else None)
@@ -168,7 +178,9 @@ def generate_proposals(records, output, backend="detpre", backend_kwargs=None,
         ids.extend(part["ids"])
         boxes.extend(part["boxes"])
         errors.extend(tuple(e) for e in part["errors"])
-    meta = dict(settings=settings, shard=list(shard), num_images=total)
+    prints = {image_id: image_fingerprint(fn) for image_id, fn in items}
+    meta = dict(settings=settings, shard=list(shard), num_images=total,
+                images=[prints[i] for i in ids])
     write_proposal_file(output, ids, boxes, meta)
     errors_file = output + ".errors.txt"
     if errors:

@@ -6,15 +6,19 @@ The file is the pickle ``load_proposals_into_dataset`` reads: ``ids`` (dataset `
 ``objectness_logits`` (list of (N,) float32) and ``bbox_mode`` (``BoxMode.XYXY_ABS`` as int).
 detectron2 sorts each image's boxes by descending logit, so the logits are ``-rank``
 (0, -1, -2, ...): strictly decreasing in selective search's ranking, which keeps that order.
-One more key, ``detpre`` (JSON: shard, image count, settings), lets merges and resumes check that
-the pieces belong together; detectron2 ignores it.
+One more key, ``detpre`` (JSON: shard, image count, settings, and ``images``: the data set's
+fingerprint, ``[file base name, size in bytes]`` per id), lets merges and resumes check that the
+pieces belong together and training check that the file belongs to its data set
+(``check_proposal_file``); detectron2 ignores it.
 
 While running, results go to ``<output>.parts/``: ``spec.json`` (the settings) and one pickle
 per finished chunk, each written to a temporary name and renamed. A rerun with the same
 settings skips finished chunks; the final file is always assembled from the chunk files, so a
-resumed run ends with the same bytes as an uninterrupted one.
+resumed run ends with the same bytes as an uninterrupted one. A folder without ``spec.json``
+(its writer died before writing it) is never reused.
 """
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -22,10 +26,13 @@ import shutil
 import numpy as np
 from detectron2.structures import BoxMode
 
+from detpre.errors import DetpreError
 from detpre.utils.io import write_bytes_atomic
 
 __all__ = ["PartStore", "write_proposal_file", "read_proposal_file", "merge_proposal_files",
-           "objectness_for", "atomic_write_bytes"]
+           "objectness_for", "atomic_write_bytes", "image_fingerprint", "check_proposal_file"]
+
+logger = logging.getLogger(__name__)
 
 PICKLE_PROTOCOL = 4
 META_KEY = "detpre"
@@ -65,12 +72,72 @@ def read_proposal_file(path):
         with open(path, "rb") as f:
             data = pickle.load(f, encoding="latin1")
     except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise ValueError(f"cannot read proposal file {path}: {e}. Regenerate it with "
-                         "tools/generate_proposals.py.") from e
-    missing = [k for k in ("ids", "boxes", "objectness_logits") if k not in data]
+        raise DetpreError(f"cannot read proposal file {path}: {e}. Regenerate it with "
+                          "tools/generate_proposals.py.") from e
+    missing = [k for k in ("ids", "boxes", "objectness_logits") if k not in data] \
+        if isinstance(data, dict) else ["ids", "boxes", "objectness_logits"]
     if missing:
-        raise ValueError(f"{path} is not a detectron2 proposal file (missing {missing})")
+        raise DetpreError(f"{path} is not a detectron2 proposal file (missing {missing})")
     return data
+
+
+def image_fingerprint(file_name):
+    """``[base name, size in bytes]`` of an image (size -1 when unreadable): what ties a
+    proposal file's boxes to the very images they were computed on."""
+    try:
+        size = os.path.getsize(file_name)
+    except OSError:
+        size = -1
+    return [os.path.basename(file_name), int(size)]
+
+
+def _regenerate(path, name):
+    return (f"regenerate it with tools/generate_proposals.py --dataset {name} --output {path} "
+            "--overwrite (with --config-file if the data set is registered there)")
+
+
+def check_proposal_file(path, dicts, name):
+    """
+    Before training on ``path`` (``DATASETS.PROPOSAL_FILES_TRAIN`` of data set ``name``): it must
+    exist, cover every image id of ``dicts`` and, when it carries a fingerprint, have been made
+    from these very images (same file name and size). Images without proposals are counted and
+    reported. Raises ``DetpreError`` naming the file, the ids and what to do.
+    """
+    if not os.path.isfile(path):
+        raise DetpreError(f"proposal file {path} (DATASETS.PROPOSAL_FILES_TRAIN for {name}) does "
+                          f"not exist; make it with tools/generate_proposals.py --dataset {name} "
+                          f"--output {path}")
+    data = read_proposal_file(path)
+    index = {str(i): k for k, i in enumerate(data["ids"])}
+    missing = [d["image_id"] for d in dicts if str(d["image_id"]) not in index]
+    if missing:
+        raise DetpreError(
+            f"{path} has no proposals for {len(missing)} of {len(dicts)} images of {name} "
+            f"(image ids {missing[:10]}{' ...' if len(missing) > 10 else ''}): it was made for "
+            f"another data set; {_regenerate(path, name)}")
+    meta = json.loads(data[META_KEY]) if META_KEY in data else {}
+    prints = meta.get("images")
+    if prints is None or len(prints) != len(data["ids"]):
+        logger.warning("%s carries no data set fingerprint (an older detpre or another tool wrote "
+                       "it): cannot check that its boxes were computed on %s's images", path, name)
+    else:
+        wrong = []
+        for d in dicts:
+            have, now = list(prints[index[str(d["image_id"])]]), image_fingerprint(d["file_name"])
+            if now[1] >= 0 and have != now:
+                wrong.append((d["image_id"], now, have))
+        if wrong:
+            i, now, have = wrong[0]
+            raise DetpreError(
+                f"{path} was made for other images than {name}'s: {len(wrong)} of {len(dicts)} "
+                f"differ, e.g. image id {i} is {now[0]} ({now[1]} bytes) here but was {have[0]} "
+                f"({have[1]} bytes) when the proposals were computed; {_regenerate(path, name)}")
+    empty = sum(len(data["boxes"][index[str(d["image_id"])]]) == 0 for d in dicts)
+    if empty:
+        logger.warning("%d of %d images of %s have no proposals in %s (unreadable when generated, "
+                       "see %s.errors.txt, or no box passed the filter); SoCo gives them "
+                       "INPUT.SOCO.RANDOM_PROPOSALS random boxes", empty, len(dicts), name, path, path)
+    return {"num_images": len(dicts), "zero_proposals": int(empty)}
 
 
 def merge_proposal_files(output, shard_paths):
@@ -97,13 +164,17 @@ def merge_proposal_files(output, shard_paths):
     if missing:
         raise ValueError(f"cannot merge: shard(s) {missing} of {n} missing; run them with "
                          f"--shard i/{n} first")
-    ids, boxes = [], []
+    ids, boxes, prints = [], [], []
     for i in range(n):
         ids.extend(shards[i][1]["ids"])
         boxes.extend(shards[i][1]["boxes"])
+        prints.extend(shards[i][2].get("images") or [])
     if len(ids) != first["num_images"] or len(set(map(str, ids))) != len(ids):
         raise ValueError("merged shards do not cover every image exactly once")
     meta = dict(first, shard=[0, 1])
+    meta.pop("images", None)
+    if len(prints) == len(ids):
+        meta["images"] = prints
     write_proposal_file(output, ids, boxes, meta)
     return len(ids)
 
@@ -120,6 +191,10 @@ class PartStore:
     def open(self, spec):
         """Create the folder, or check that an existing one was made with ``spec``."""
         spec_file = os.path.join(self.dir, "spec.json")
+        if os.path.isdir(self.dir) and not os.path.isfile(spec_file):
+            logger.warning("%s has no spec.json (its writer stopped before writing it): its chunks "
+                           "cannot be trusted and are discarded", self.dir)
+            self.remove()
         if os.path.isfile(spec_file):
             with open(spec_file) as f:
                 old = json.load(f)
