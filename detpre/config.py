@@ -38,8 +38,15 @@ def add_trainer_config(cfg):
     _C.SOLVER.LARS = CN()
     # LARS trust coefficient.
     _C.SOLVER.LARS.ETA = 0.001
-    # Biases and normalization parameters get no weight decay and no LARS adaptation.
+    # Biases and normalization parameters get no LARS adaptation (BYOL, SoCo, MoCo v3). Their
+    # weight decay follows detectron2's keys: SOLVER.WEIGHT_DECAY_NORM (norm parameters) and
+    # SOLVER.WEIGHT_DECAY_BIAS (biases; the LARS recipes set it to 0), their LR BIAS_LR_FACTOR.
     _C.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM = True
+    # LR factor of the non-adapted parameters. Their step is the raw gradient times the LR, with
+    # no trust ratio: a small-batch run whose BASE_LR is raised above the linear-scaling rule
+    # (so the trust-ratio-limited weights move) must scale these back to the rule, i.e. to
+    # (rule LR / BASE_LR), or BN scales and biases random-walk away (SoCo demo: |beta| ~ 0.8).
+    _C.SOLVER.LARS.NON_ADAPTED_LR_FACTOR = 1.0
 
 
 def add_reliability_config(cfg):

@@ -40,9 +40,13 @@ def test_build_optimizer_excludes_bias_and_norm():
     assert isinstance(opt, LARS)
     adapted = [g for g in opt.param_groups if g["lars_adapt"]]
     plain = [g for g in opt.param_groups if not g["lars_adapt"]]
+    cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    opt = build_optimizer(cfg, model)
+    adapted = [g for g in opt.param_groups if g["lars_adapt"]]
+    plain = [g for g in opt.param_groups if not g["lars_adapt"]]
     assert [p.ndim for p in adapted[0]["params"]] == [2]
-    assert sorted(p.ndim for p in plain[0]["params"]) == [1, 1, 1]
-    assert plain[0]["weight_decay"] == 0.0 and adapted[0]["weight_decay"] == 0.5
+    assert sorted(p.ndim for g in plain for p in g["params"]) == [1, 1, 1]
+    assert all(g["weight_decay"] == 0.0 for g in plain) and adapted[0]["weight_decay"] == 0.5
     # an excluded parameter takes a plain SGD step: no decay, no trust ratio
     bias = model[0].bias
     before = bias.detach().clone()
@@ -50,3 +54,23 @@ def test_build_optimizer_excludes_bias_and_norm():
         q.grad = torch.ones_like(q)
     opt.step()
     assert torch.allclose(bias.detach(), before - 0.2)
+
+
+def test_lars_honours_detectron2_bias_and_norm_keys():
+    cfg = get_detpre_cfg()
+    cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY = "LARS", 1.0, 0.5
+    cfg.SOLVER.WEIGHT_DECAY_NORM, cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.01, None  # None: WEIGHT_DECAY
+    cfg.SOLVER.BIAS_LR_FACTOR, cfg.SOLVER.LARS.NON_ADAPTED_LR_FACTOR = 2.0, 0.03
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    groups = {(g["lars_adapt"], round(g["lr"], 6), g["weight_decay"]): g["params"]
+              for g in build_optimizer(cfg, model).param_groups}
+    assert groups[(True, 1.0, 0.5)] == [model[0].weight]
+    assert groups[(False, 0.06, 0.5)] == [model[0].bias]  # 1.0 * 0.03 * BIAS_LR_FACTOR 2
+    assert groups[(False, 0.03, 0.01)] == [model[1].weight, model[1].bias]
+    # the factor scales the raw step of a norm parameter: lr 0.03, no trust ratio
+    opt = build_optimizer(cfg, model)
+    for q in model.parameters():
+        q.grad = torch.ones_like(q)
+    before = model[1].bias.detach().clone()
+    opt.step()
+    assert torch.allclose(model[1].bias.detach(), before - 0.03 * (1 + 0.01 * before))

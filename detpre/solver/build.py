@@ -4,20 +4,39 @@ from detectron2.solver import build_optimizer as d2_build_optimizer
 from detectron2.solver.build import maybe_add_gradient_clipping
 
 from .lars import LARS
+
+_NORM_TYPES = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm,
+               torch.nn.LocalResponseNorm)
 from .paper_recipes import add_full_model_clipping, build_adam, wants_full_model_clipping
 
 
 def _lars_param_groups(cfg, model):
-    """Weights are LARS-adapted and decayed; biases/norm parameters (ndim <= 1) are neither."""
-    adapt, plain = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (plain if cfg.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM and p.ndim <= 1 else adapt).append(p)
-    groups = [{"params": adapt}]
-    if plain:
-        groups.append({"params": plain, "weight_decay": 0.0, "lars_adapt": False})
-    return groups
+    """
+    Weights are LARS-adapted and decayed by SOLVER.WEIGHT_DECAY. With EXCLUDE_BIAS_AND_NORM,
+    normalization parameters and biases are not adapted; they take detectron2's
+    WEIGHT_DECAY_NORM / WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR, times LARS.NON_ADAPTED_LR_FACTOR.
+    """
+    s = cfg.SOLVER
+    base, factor = s.BASE_LR, s.LARS.NON_ADAPTED_LR_FACTOR
+    wd_bias = s.WEIGHT_DECAY if s.WEIGHT_DECAY_BIAS is None else s.WEIGHT_DECAY_BIAS
+    groups = {"adapt": {"params": [], "lars_adapt": True},
+              "norm": {"params": [], "lars_adapt": False, "weight_decay": s.WEIGHT_DECAY_NORM,
+                       "lr": base * factor},
+              "bias": {"params": [], "lars_adapt": False, "weight_decay": wd_bias,
+                       "lr": base * factor * s.BIAS_LR_FACTOR}}
+    seen = set()
+    for module in model.modules():
+        norm = isinstance(module, _NORM_TYPES)
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if not s.LARS.EXCLUDE_BIAS_AND_NORM or (p.ndim > 1 and not norm):
+                kind = "adapt"
+            else:
+                kind = "norm" if norm else "bias"  # 1-d parameters of other modules count as biases
+            groups[kind]["params"].append(p)
+    return [g for g in groups.values() if g["params"]]
 
 
 def build_optimizer(cfg, model):
