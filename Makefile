@@ -2,9 +2,8 @@
 # Both create .venv first when it is missing (scripts/bootstrap.sh; idempotent).
 PY := .venv/bin/python
 STAMP := .venv/.detpre-bootstrapped
-export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo demo-smoke test lint venv clean-demo
 
 $(STAMP): scripts/bootstrap.sh scripts/build_detectron2_wheel.py requirements.txt setup.py
 	bash scripts/bootstrap.sh
@@ -12,11 +11,19 @@ $(STAMP): scripts/bootstrap.sh scripts/build_detectron2_wheel.py requirements.tx
 
 venv: $(STAMP)
 
+# two runs at once, one thread each (tools/demo.py --jobs)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
+# every method's pipeline at a few iterations: what CI runs after the tests
+demo-smoke: $(STAMP)
+	$(PY) tools/demo.py --smoke
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 clean-demo:
-	rm -rf output/demo
+	rm -rf output/demo output/demo_smoke

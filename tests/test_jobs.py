@@ -107,3 +107,33 @@ def test_every_tool_answers_help_from_outside_the_repository(tmp_path):
         if p.returncode != 0 or "usage" not in p.stdout.lower():
             failed[tool.name] = (p.stdout + p.stderr)[-300:]
     assert not failed, failed
+
+
+def test_run_graph_runs_each_task_after_its_deps():
+    import threading
+    import time
+
+    from detpre.jobs.runner import run_graph
+
+    order, lock = [], threading.Lock()
+
+    def task(name, value, delay=0.0):
+        def fn(*deps):
+            time.sleep(delay)
+            with lock:
+                order.append(name)
+            return value + sum(deps)
+        return fn
+
+    tasks = {"pre": (task("pre", 10, 0.2), ()), "a": (task("a", 1), ()),
+             "b": (task("b", 2), ("pre",)), "c": (task("c", 3), ("b", "a"))}
+    out = run_graph(tasks, jobs=2)
+    assert list(out) == ["pre", "a", "b", "c"] and out == {"pre": 10, "a": 1, "b": 12, "c": 16}
+    assert order.index("a") < order.index("pre") < order.index("b") < order.index("c")  # a ran meanwhile
+
+    def boom():
+        raise RuntimeError("step failed")
+    with pytest.raises(RuntimeError, match="step failed"):
+        run_graph({"x": (boom, ()), "y": (task("y", 0), ("x",))}, jobs=2)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        run_graph({"z": (task("z", 0), ("missing",))})

@@ -28,7 +28,8 @@ def main():
     p.add_argument("--train-dataset", default="detpre_demo_train", help="labeled memory / probe training set")
     p.add_argument("--test-dataset", default="detpre_demo_val", help="labeled query set")
     p.add_argument("--crop-size", type=int, default=64)
-    p.add_argument("--k", type=int, default=200, help="kNN neighbours (InstDisc: 200)")
+    p.add_argument("--k", type=int, default=20,
+                   help="kNN neighbours, at most a tenth of the memory (InstDisc's 200 is for ImageNet)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN temperature (InstDisc: 0.07)")
     p.add_argument("--no-linear", action="store_true", help="skip the logistic-regression probe")
     p.add_argument("--output", default="", help="also write the metrics to this JSON file")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from detpre.utils.checkpoint_io import is_finished
 
-__all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "is_finished",
+__all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "run_graph", "is_finished",
            "train", "metrics_records", "final_metrics", "PROGRESS_S"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,10 +83,44 @@ def run_logged(cmd, log, label="", total_iter=None, threads=None):
 
 def run_parallel(fns, jobs=1):
     """Call each of ``fns`` (no arguments) with at most ``jobs`` at once; their results in order."""
-    if jobs <= 1 or len(fns) <= 1:
-        return [fn() for fn in fns]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return [f.result() for f in [pool.submit(fn) for fn in fns]]
+    return list(run_graph({i: (fn, ()) for i, fn in enumerate(fns)}, jobs).values())
+
+
+def run_graph(tasks, jobs=1):
+    """
+    ``tasks``: ``{key: (fn, deps)}`` in priority order; ``fn(*results of deps)`` runs once its
+    deps are done, with at most ``jobs`` running at once, so a core never idles while some task
+    is ready (the demo fine-tunes from random init while SoCo still pretrains). Returns
+    ``{key: result}`` in the order of ``tasks``; the first failure is raised once the running
+    tasks end, and no new task starts after it.
+    """
+    import concurrent.futures as cf
+
+    done, running, failed = {}, {}, []
+    pending = dict(tasks)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            if not failed:
+                for key, (fn, deps) in list(pending.items()):
+                    if len(running) >= max(1, jobs):
+                        break
+                    if all(d in done for d in deps):
+                        del pending[key]
+                        running[pool.submit(fn, *[done[d] for d in deps])] = key
+            if not running:
+                break
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                key = running.pop(f)
+                if f.exception() is not None:
+                    failed.append(f.exception())
+                else:
+                    done[key] = f.result()
+    if failed:
+        raise failed[0]
+    if pending:
+        raise ValueError(f"run_graph: tasks {sorted(map(str, pending))} depend on unknown tasks")
+    return {k: done[k] for k in tasks}
 
 
 def train(config, out_dir, opts=(), label="", threads=None, log_name="log_job.txt"):

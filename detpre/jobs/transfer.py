@@ -12,7 +12,7 @@ from detpre.config import get_detpre_cfg
 from detpre.utils.io import write_json_atomic
 
 from .pipeline import ensure_prerequisites, export, finetune, prerequisite_opts, pretrain, probe
-from .runner import repo_path, run_parallel
+from .runner import repo_path, run_graph
 from .stats import mean_std, paired_difference
 
 __all__ = ["Method", "schedule_opts", "calibrated_iters", "run_transfer", "METRICS"]
@@ -92,29 +92,36 @@ def run_transfer(methods, finetune_config, output_dir, seeds=(0, 1, 2), jobs=2, 
     for m, opts in plans:  # proposals use every core: one at a time, before any training
         ensure_prerequisites(m.config, opts, m.name)
 
-    costs = run_parallel([lambda m=m, o=opts: pretrain(m.config, os.path.join(output_dir, m.name, "pretrain"),
-                                                       o, f"{m.name} pretraining", threads)
-                          for m, opts in plans], jobs)
-    inits = [("random init", None, None)]
-    for (m, _), cost in zip(plans, costs):
-        ckpt = os.path.join(output_dir, m.name, "pretrain", "model_final.pth")
-        weights, _ = export(ckpt, os.path.join(output_dir, m.name, "export.pkl"), finetune_config)
-        inits.append((m.name, weights, cost))
+    def pretrain_and_export(m, opts):
+        out = os.path.join(output_dir, m.name, "pretrain")
+        cost = pretrain(m.config, out, opts, f"{m.name} pretraining", threads)
+        weights, _ = export(os.path.join(out, "model_final.pth"), os.path.join(output_dir, m.name, "export.pkl"),
+                            finetune_config)
+        return cost, weights
+
+    def finetune_job(name, seed):
+        def run(pre=(None, None)):
+            out = os.path.join(output_dir, "finetune", name.replace(" ", "_"), f"seed{seed}")
+            return finetune(finetune_config, out, pre[1], seed, finetune_opts, f"fine-tune {name} seed {seed}",
+                            threads)
+        return run
+
+    # one graph: a core fine-tunes from random init while the other still pretrains
+    tasks = {("pre", m.name): (lambda m=m, o=opts: pretrain_and_export(m, o), ()) for m, opts in plans}
+    names = ["random init"] + [m.name for m in methods]
+    for s in seeds:
+        for name in names:
+            deps = () if name == "random init" else (("pre", name),)
+            tasks[("ft", name, s)] = (finetune_job(name, s), deps)
+    done = run_graph(tasks, jobs)
 
     rows = []
-    for name, weights, cost in inits:
+    for name in names:
+        cost, weights = done[("pre", name)] if name != "random init" else (None, None)
         rows.append({"init": name, "weights": weights, "pretrain": cost,
-                     "probe": probe(weights or "", finetune_config, train_set, test_set)})
-
-    def job(name, weights, seed):
-        out = os.path.join(output_dir, "finetune", name.replace(" ", "_"), f"seed{seed}")
-        return finetune(finetune_config, out, weights, seed, finetune_opts, f"fine-tune {name} seed {seed}", threads)
-
-    tasks = [(r, s) for s in seeds for r in rows]  # seed-major: every init advances together
-    results = run_parallel([lambda r=r, s=s: job(r["init"], r["weights"], s) for r, s in tasks], jobs)
-    for r in rows:
-        r["finetune"] = [res[0] for (row, _), res in zip(tasks, results) if row is r]
-        r["finetune_s"] = [res[1] for (row, _), res in zip(tasks, results) if row is r]
+                     "probe": probe(weights or "", finetune_config, train_set, test_set),
+                     "finetune": [done[("ft", name, s)][0] for s in seeds],
+                     "finetune_s": [done[("ft", name, s)][1] for s in seeds]})
     baseline = rows[0]["finetune"]
     for r in rows:
         r["summary"] = _summary(r["finetune"], baseline)
