@@ -40,6 +40,10 @@ def add_trainer_config(cfg):
     _C.SOLVER.LARS.ETA = 0.001
     # Biases and normalization parameters get no weight decay and no LARS adaptation.
     _C.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM = True
+    # SOLVER.AMP.ENABLED (detectron2's key) runs every method's forward + loss under autocast
+    # (detpre.engine.amp) in this dtype: "float16" (with loss scaling) or "bfloat16" (no
+    # scaler; the only one CPU autocast supports).
+    _C.SOLVER.AMP.DTYPE = "float16"
 
 
 def add_ssl_config(cfg):

@@ -25,6 +25,7 @@ from detectron2.utils.events import get_event_storage
 from detpre.data.self_training import build_self_training_loader
 
 from . import self_training_hooks  # noqa: F401  (registers the PseudoLabel hook)
+from .amp import MixedPrecision
 from .trainer import Trainer
 
 __all__ = ["LossNormalizer", "SelfTrainingStep", "SelfTrainingTrainer"]
@@ -101,9 +102,10 @@ def _mean_over_workers(values):
 class SelfTrainingStep(SimpleTrainer):
     """``SimpleTrainer`` whose step splits the batch by ``"stream"`` and weights the two losses."""
 
-    def __init__(self, model, data_loader, optimizer, normalizer):
+    def __init__(self, model, data_loader, optimizer, normalizer, precision=None):
         super().__init__(model, data_loader, optimizer)
         self.normalizer = normalizer
+        self.precision = precision or MixedPrecision(enabled=False)
 
     def run_step(self):
         assert self.model.training, "[SelfTrainingStep] model was changed to eval mode!"
@@ -117,15 +119,18 @@ class SelfTrainingStep(SimpleTrainer):
                              "(use detpre.data.self_training.build_self_training_loader)")
 
         self.optimizer.zero_grad()
-        loss_h = self.model(labeled)
-        total_h = sum(loss_h.values())
+        amp = self.precision
+        with amp.autocast():
+            loss_h = self.model(labeled)
+            total_h = sum(loss_h.values())
         w_h = self.normalizer.human_weight
-        (w_h * total_h).backward()  # one backward per forward: DDP-safe, frees memory early
-        loss_p = self.model(pseudo)
-        total_p = sum(loss_p.values())
+        amp.backward(w_h * total_h)  # one backward per forward: DDP-safe, frees memory early
+        with amp.autocast():
+            loss_p = self.model(pseudo)
+            total_p = sum(loss_p.values())
         self.normalizer.update(*_mean_over_workers([total_h.item(), total_p.item()]))
         w_p = self.normalizer.pseudo_weight
-        (w_p * total_p).backward()
+        amp.backward(w_p * total_p)
 
         metrics = {k: v.detach() * w_h for k, v in loss_h.items()}
         metrics.update({f"pseudo_{k}": v.detach() * w_p for k, v in loss_p.items()})
@@ -135,7 +140,16 @@ class SelfTrainingStep(SimpleTrainer):
                 st_loss_labeled=total_h.item(), st_loss_pseudo=total_p.item(),
                 st_weight_pseudo=w_p, st_avg_ratio=self.normalizer.avg_h / max(self.normalizer.avg_p, 1e-12),
                 smoothing_hint=False)
-        self.optimizer.step()
+        amp.step(self.optimizer)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret.update(self.precision.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.precision.load_state_dict(state_dict)
 
 
 class SelfTrainingTrainer(Trainer):
@@ -144,14 +158,13 @@ class SelfTrainingTrainer(Trainer):
     def __init__(self, cfg):
         if not cfg.SELF_TRAINING.ENABLED:
             raise ValueError("SelfTrainingTrainer needs SELF_TRAINING.ENABLED: True")
-        if cfg.SOLVER.AMP.ENABLED:
-            raise NotImplementedError("self-training with SOLVER.AMP.ENABLED is not supported")
         super().__init__(cfg)
         st = cfg.SELF_TRAINING
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
         base = self._trainer
-        self._trainer = SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer)
+        self._trainer = SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer,
+                                         getattr(base, "precision", None))
         self.checkpointer.checkpointables["self_training"] = self.loss_normalizer
 
     @classmethod

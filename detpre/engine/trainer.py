@@ -11,6 +11,8 @@ from detpre.evaluation import build_evaluator
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
 
+from .amp import AMPStep, MixedPrecision
+
 __all__ = ["Trainer"]
 
 
@@ -31,6 +33,10 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.checkpointer.checkpointables["detpre"] = _RunInfo(cfg)
+        if cfg.SOLVER.AMP.ENABLED:  # v0.6's AMPTrainer is CUDA- and float16-only
+            base = self._trainer
+            self._trainer = AMPStep(base.model, base.data_loader, base.optimizer,
+                                    MixedPrecision.from_config(cfg))
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
