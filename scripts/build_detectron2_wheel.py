@@ -15,8 +15,8 @@ anywhere in the tree (``check_patched``). Nothing is patched at import time.
 """
 import argparse
 import glob
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys

@@ -140,4 +140,4 @@ def all_finite(delta):
     return all(bool(torch.isfinite(d).all()) for d in delta.values())
 
 
-__all__ = ["METHODS", "train_step", "update_cosine", "all_finite"]
+__all__ = ["METHODS", "all_finite", "train_step", "update_cosine"]

@@ -52,10 +52,10 @@ def test_installed_detectron2_is_the_patched_wheel():
     """The wheel's patch set: no removed NumPy alias, Image.LINEAR or pkg_resources is left."""
     import inspect
 
-    import detectron2.data.transforms.transform as transform
-    import detectron2.model_zoo.model_zoo as model_zoo
-    import detectron2.structures.masks as masks
     import numpy as np
+    from detectron2.data.transforms import transform
+    from detectron2.model_zoo import model_zoo
+    from detectron2.structures import masks
 
     assert "pkg_resources" not in inspect.getsource(model_zoo)
     assert model_zoo.get_config_file("Base-RCNN-FPN.yaml").endswith("Base-RCNN-FPN.yaml")

@@ -14,7 +14,7 @@ import time
 import torch
 from detectron2.engine import SimpleTrainer
 
-__all__ = ["AMP_DTYPES", "MixedPrecision", "AMPStep"]
+__all__ = ["AMP_DTYPES", "AMPStep", "MixedPrecision"]
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
