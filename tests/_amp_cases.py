@@ -22,7 +22,10 @@ def _cfg(name, device, norm="BN"):
     cfg = get_detpre_cfg()
     cfg.merge_from_file(os.path.join(REPO, "configs/demo", name))
     cfg.MODEL.DEVICE = device
-    cfg.MODEL.RESNETS.NORM = norm
+    if norm != "BN":  # every BN of the method: backbone, FPN, heads
+        cfg.MODEL.RESNETS.NORM = cfg.MODEL.FPN.NORM = cfg.MODEL.ROI_BOX_HEAD.NORM = norm
+        if norm == "SyncBN":  # the MLP heads take "BN", "SyncBN" or ""
+            cfg.MODEL.SOCO.HEAD_NORM = cfg.MODEL.FASTMOCO.HEAD_NORM = norm
     return cfg
 
 
