@@ -20,3 +20,8 @@ test: $(STAMP)
 
 clean-demo:
 	rm -rf output/demo
+
+# wheels for scripts/gpu_check.sh on a GPU machine without network (Python 3.12; no torch)
+.PHONY: wheelhouse
+wheelhouse: $(STAMP)
+	bash scripts/build_wheelhouse.sh

@@ -108,6 +108,10 @@ def add_soco_config(cfg):
     # with MODEL.PIXEL_MEAN. 0 = off.
     _C.INPUT.SOCO.CUTOUT_PROB = 0.0
     _C.INPUT.SOCO.CUTOUT_RATIO = (0.1, 0.3)
+    # Colour jitter / grayscale / blur / solarization of the views batched on MODEL.DEVICE after
+    # the batch is loaded (detpre.data.transforms.batched_views) instead of in the CPU workers.
+    # Same operations and ranges; not with CUTOUT_PROB > 0 (cutout comes after them on CPU).
+    _C.INPUT.SOCO.GPU_AUGMENT = False
 
 
 def add_fastmoco_config(cfg):
@@ -158,6 +162,8 @@ def add_fastmoco_config(cfg):
     # Photometric views: "byol" (asymmetric, MoCo v3's ResNet recipe) or "mocov2" (symmetric:
     # jitter 0.4/0.4/0.4/0.1 at p 0.8, grey p 0.2, blur p 0.5, no solarization; Fast-MoCo's).
     _C.INPUT.TWO_VIEW.AUGMENT = "byol"
+    # The photometric views batched on MODEL.DEVICE (as INPUT.SOCO.GPU_AUGMENT).
+    _C.INPUT.TWO_VIEW.GPU_AUGMENT = False
 
 
 def add_jigsaw_config(cfg):

@@ -65,3 +65,17 @@ def process_group():
 @pytest.mark.parametrize("method", METHODS)
 def test_syncbn_step_under_bf16(method, process_group):
     _check(method, "bfloat16", norm=SYNC_NORM)
+
+
+def test_batched_views_on_the_device_match_the_cpu():
+    """INPUT.*.GPU_AUGMENT: the same parameters give the same pixels on the device as on CPU."""
+    from detpre.data.transforms.batched_views import apply_params, sample_params
+    from detpre.data.transforms.views import BYOL_VIEW2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (32, 3, 64, 64), generator=g, dtype=torch.uint8)
+    p = sample_params(dict(BYOL_VIEW2, blur=0.5, solarize=0.5), 32, g)
+    cpu = apply_params(x, p)
+    dev = apply_params(x.to(DEVICE), {k: v.to(DEVICE) for k, v in p.items()})
+    assert dev.device.type == DEVICE
+    assert (cpu.int() - dev.cpu().int()).abs().max() <= 1

@@ -7,6 +7,7 @@ import os
 from detectron2.engine import DefaultTrainer, hooks
 
 from detpre.data.build import build_test_loader, build_train_loader
+from detpre.data.transforms.batched_views import maybe_gpu_augment
 from detpre.evaluation import build_evaluator
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
@@ -59,7 +60,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_train_loader(cfg)
+        return maybe_gpu_augment(cfg, build_train_loader(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
