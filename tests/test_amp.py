@@ -75,3 +75,47 @@ def test_dtype_option_and_cpu_float16_refused():
     assert off.scaler is None and off.state_dict() == {}
     with off.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_trainer_trains_under_bf16_and_resumes_with_it(tmp_path):
+    """The real Trainer (SpCL, tiny re-ID demo): SOLVER.AMP picks AMPStep in bf16, training runs
+    with finite losses, and a checkpoint resumes into the same loop."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from test_spcl import _tiny_cfg
+
+    from detpre.data.datasets.reid import register_reid_demo
+    from detpre.data.datasets.reid_demo import generate_reid_demo
+    from detpre.engine.amp import AMPStep
+    from detpre.engine.trainer import Trainer
+
+    demo = str(tmp_path / "reid_demo")
+    generate_reid_demo(demo, num_train_ids=3, num_test_ids=2, num_cameras=2, views_per_camera=2,
+                       num_distractors=1, num_junk=1, size=32)
+    names = ("detpre_reid_demo_train", "detpre_reid_demo_test")
+    for name in names:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    register_reid_demo(demo)
+    try:
+        cfg = _tiny_cfg(tmp_path, demo)
+        cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE = True, "bfloat16"
+        cfg.SOLVER.CHECKPOINT_PERIOD = 1
+        trainer = Trainer(cfg)
+        loop = trainer._trainer
+        assert isinstance(loop, AMPStep) and loop.precision.dtype == torch.bfloat16
+        trainer.train()
+        losses = trainer.storage.history("total_loss").values()
+        assert len(losses) == 2 and all(torch.isfinite(torch.tensor(v)) for v, _ in losses)
+        cfg.defrost()
+        cfg.SOLVER.MAX_ITER = 3
+        again = Trainer(cfg)
+        again.resume_or_load(resume=True)
+        assert again.start_iter == 2 and isinstance(again._trainer, AMPStep)
+        again.train()
+        resumed = again.storage.history("total_loss").values()
+        assert [it for _, it in resumed] == [2]  # only iteration 2 ran after resuming
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
