@@ -18,14 +18,13 @@ import time
 
 import torch
 import torch.distributed as dist
-from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from detpre.data.self_training import build_self_training_loader
 
 from . import self_training_hooks  # noqa: F401  (registers the PseudoLabel hook)
-from .amp import MixedPrecision
+from .amp import AMPStep, MixedPrecision
 from .trainer import Trainer
 
 __all__ = ["LossNormalizer", "SelfTrainingStep", "SelfTrainingTrainer"]
@@ -99,13 +98,13 @@ def _mean_over_workers(values):
     return t.tolist()
 
 
-class SelfTrainingStep(SimpleTrainer):
-    """``SimpleTrainer`` whose step splits the batch by ``"stream"`` and weights the two losses."""
+class SelfTrainingStep(AMPStep):
+    """A training step that splits the batch by ``"stream"`` and weights the two losses; under
+    ``precision`` (SOLVER.AMP; default off)."""
 
     def __init__(self, model, data_loader, optimizer, normalizer, precision=None):
-        super().__init__(model, data_loader, optimizer)
+        super().__init__(model, data_loader, optimizer, precision or MixedPrecision(enabled=False))
         self.normalizer = normalizer
-        self.precision = precision or MixedPrecision(enabled=False)
 
     def run_step(self):
         assert self.model.training, "[SelfTrainingStep] model was changed to eval mode!"
@@ -142,14 +141,6 @@ class SelfTrainingStep(SimpleTrainer):
                 smoothing_hint=False)
         amp.step(self.optimizer)
 
-    def state_dict(self):
-        ret = super().state_dict()
-        ret.update(self.precision.state_dict())
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        self.precision.load_state_dict(state_dict)
 
 
 class SelfTrainingTrainer(Trainer):
