@@ -27,3 +27,8 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf output/demo output/demo_smoke
+
+# wheels for scripts/gpu_check.sh on a GPU machine without network (Python 3.12; no torch)
+.PHONY: wheelhouse
+wheelhouse: $(STAMP)
+	bash scripts/build_wheelhouse.sh

@@ -4,7 +4,7 @@ detpre: detection-aligned pretraining for detectron2.
 Importing it registers every component (meta-architectures, mappers, hooks, losses, memories,
 evaluators) in detectron2's and detpre's registries. It changes no global state otherwise.
 """
-from . import _compat  # noqa: F401  (first: makes detectron2 importable without compiled ops)
+from . import _compat  # noqa: F401  (first: which detectron2 build is installed)
 from .config import add_detpre_config, get_detpre_cfg
 
 # registering modules

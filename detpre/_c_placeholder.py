@@ -1,8 +1,7 @@
 """
 Stand-in for ``detectron2._C`` in a pure-Python detectron2 build.
 
-``scripts/build_detectron2_wheel.py`` installs this file as ``detectron2/_C.py``, and
-``detpre._compat`` installs it as a module when no ``_C`` exists at all, because
+``scripts/build_detectron2_wheel.py`` installs this file as ``detectron2/_C.py``, because
 ``detectron2.layers`` and ``detectron2.evaluation`` import ``_C`` at module level. detpre needs
 none of the compiled ops (rotated boxes, deformable conv, fast COCO eval); using one raises
 a clear error instead of a segfault or an obscure ``undefined symbol``.

@@ -42,6 +42,10 @@ def add_trainer_config(cfg):
     # weight decay follows detectron2's keys: SOLVER.WEIGHT_DECAY_NORM (norm parameters) and
     # SOLVER.WEIGHT_DECAY_BIAS (biases; the LARS recipes set it to 0), their LR BIAS_LR_FACTOR.
     _C.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM = True
+    # SOLVER.AMP.ENABLED (detectron2's key) runs every method's forward + loss under autocast
+    # (detpre.engine.amp) in this dtype: "float16" (with loss scaling) or "bfloat16" (no
+    # scaler; the only one CPU autocast supports).
+    _C.SOLVER.AMP.DTYPE = "float16"
     # LR factor of the non-adapted parameters. Their step is the raw gradient times the LR, with
     # no trust ratio: a small-batch run whose BASE_LR is raised above the linear-scaling rule
     # (so the trust-ratio-limited weights move) must scale these back to the rule, i.e. to
@@ -122,6 +126,10 @@ def add_soco_config(cfg):
     # with MODEL.PIXEL_MEAN. 0 = off.
     _C.INPUT.SOCO.CUTOUT_PROB = 0.0
     _C.INPUT.SOCO.CUTOUT_RATIO = (0.1, 0.3)
+    # Colour jitter / grayscale / blur / solarization of the views batched on MODEL.DEVICE after
+    # the batch is loaded (detpre.data.transforms.batched_views) instead of in the CPU workers.
+    # Same operations and ranges; not with CUTOUT_PROB > 0 (cutout comes after them on CPU).
+    _C.INPUT.SOCO.GPU_AUGMENT = False
 
 
 def add_fastmoco_config(cfg):
@@ -172,6 +180,8 @@ def add_fastmoco_config(cfg):
     # Photometric views: "byol" (asymmetric, MoCo v3's ResNet recipe) or "mocov2" (symmetric:
     # jitter 0.4/0.4/0.4/0.1 at p 0.8, grey p 0.2, blur p 0.5, no solarization; Fast-MoCo's).
     _C.INPUT.TWO_VIEW.AUGMENT = "byol"
+    # The photometric views batched on MODEL.DEVICE (as INPUT.SOCO.GPU_AUGMENT).
+    _C.INPUT.TWO_VIEW.GPU_AUGMENT = False
 
 
 def add_jigsaw_config(cfg):

@@ -3,13 +3,20 @@
 Build a pure-Python wheel of detectron2 v0.6 from the registry sdist ``pb1-detectron2==0.6``.
 
 That sdist holds v0.6's Python code and model-zoo configs but not its C++ sources, so
-``pip install`` of it fails. We package its ``detectron2/`` tree as-is, plus
+``pip install`` of it fails. We package its ``detectron2/`` tree, plus
 ``detpre/_c_placeholder.py`` as ``detectron2/_C.py``, and no dependencies (requirements.txt
 installs those). Re-running reuses the downloaded sdist.
+
+Before packaging, ``PATCHES`` is applied to v0.6's sources: each entry is the fix upstream
+detectron2 made after v0.6 for a library that has since dropped an API, so that one wheel runs on
+numpy 1.26 and 2.x, Pillow 10/11 and setuptools >= 81 (no ``pkg_resources``). Every patch must
+match exactly as listed (the build stops otherwise), and afterwards no removed API may be left
+anywhere in the tree (``check_patched``). Nothing is patched at import time.
 """
 import argparse
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +37,76 @@ setup(
     python_requires=">=3.7",
 )
 '''
+
+
+# NumPy 1.24 removed the aliases np.int/np.float/np.str/np.bool (deprecated in 1.20); upstream
+# detectron2 replaced them by the builtins they aliased.
+_NUMPY_ALIAS = re.compile(r"\bnp\.(int|float|str|bool)\b(?!\.)")
+_NUMPY_FILES = {  # file -> number of aliases it holds in v0.6
+    "data/build.py": 2,
+    "data/datasets/pascal_voc.py": 1,
+    "evaluation/pascal_voc_evaluation.py": 2,
+    "evaluation/sem_seg_evaluation.py": 7,
+    "structures/masks.py": 3,
+    "utils/visualizer.py": 3,
+    "utils/video_visualizer.py": 1,
+}
+_MODEL_ZOO_OLD = """    cfg_file = pkg_resources.resource_filename(
+        "detectron2.model_zoo", os.path.join("configs", config_path)
+    )"""
+# importlib.resources (stdlib since 3.9) instead of setuptools' pkg_resources, which
+# setuptools 81 removed; the wheel installs unzipped, so the traversable is a real path.
+_MODEL_ZOO_NEW = """    cfg_file = str(importlib.resources.files("detectron2.model_zoo") / "configs" / config_path)"""
+
+# (file, old, new, count, why): applied in order, each must match exactly `count` times.
+PATCHES = [
+    *[(f, _NUMPY_ALIAS, r"\1", n, "NumPy >= 1.24: np.int/np.float/np.str/np.bool -> builtins")
+      for f, n in _NUMPY_FILES.items()],
+    ("data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR", 1,
+     "Pillow >= 10 removed Image.LINEAR (an alias of Image.BILINEAR)"),
+    ("model_zoo/model_zoo.py", "import pkg_resources\n", "import importlib.resources\n", 1,
+     "setuptools >= 81 removed pkg_resources: importlib.resources"),
+    ("model_zoo/model_zoo.py", _MODEL_ZOO_OLD, _MODEL_ZOO_NEW, 1,
+     "setuptools >= 81 removed pkg_resources: importlib.resources"),
+]
+
+# what must not be left anywhere in the patched tree
+_REMOVED_APIS = [_NUMPY_ALIAS, re.compile(r"\bImage\.(LINEAR|ANTIALIAS|CUBIC)\b"),
+                 re.compile(r"\bpkg_resources\b")]
+
+
+def apply_patches(tree):
+    """Apply ``PATCHES`` to the ``detectron2/`` source tree at ``tree``; return a log line each."""
+    log = []
+    for rel, old, new, count, why in PATCHES:
+        path = os.path.join(tree, rel)
+        with open(path) as f:
+            text = f.read()
+        if isinstance(old, re.Pattern):
+            text, n = old.subn(new, text)
+        else:
+            n = text.count(old)
+            text = text.replace(old, new)
+        if n != count:
+            raise SystemExit(f"patch {rel!r} ({why}): expected {count} match(es), found {n}; "
+                             "is this detectron2 v0.6?")
+        with open(path, "w") as f:
+            f.write(text)
+        log.append(f"detectron2/{rel}: {n}x {why}")
+    return log
+
+
+def check_patched(tree):
+    """Raise if any removed API is still used in a ``.py`` file under ``tree``."""
+    left = []
+    for path in sorted(glob.glob(os.path.join(tree, "**", "*.py"), recursive=True)):
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                code = line.split("#", 1)[0]
+                if any(p.search(code) for p in _REMOVED_APIS):
+                    left.append(f"{os.path.relpath(path, tree)}:{i}: {line.strip()}")
+    if left:
+        raise SystemExit("removed APIs left after patching:\n" + "\n".join(left))
 
 
 def run(cmd):
@@ -63,6 +140,9 @@ def main():
             sys.exit(f"{sdist}: unexpected layout (no detectron2/model_zoo/configs); delete it and retry")
         stage = os.path.join(tmp, "stage")
         shutil.copytree(src, os.path.join(stage, "detectron2"))
+        for line in apply_patches(os.path.join(stage, "detectron2")):
+            print("patched", line)
+        check_patched(os.path.join(stage, "detectron2"))
         shutil.copy(os.path.join(ROOT, "detpre", "_c_placeholder.py"),
                     os.path.join(stage, "detectron2", "_C.py"))
         with open(os.path.join(stage, "setup.py"), "w") as f:

@@ -3,6 +3,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 import detpre._compat as compat
 from detpre import _c_placeholder
@@ -39,9 +40,26 @@ def test_compat_does_nothing_when_real_c_exists(restore_c):
     assert compat.coco_evaluator_kwargs() == {}
 
 
-def test_compat_installs_placeholder_when_c_missing(restore_c):
+def test_compat_changes_nothing_when_c_missing(restore_c):
+    """No import-time shim any more: without ``_C`` detpre only reports "no compiled ops"."""
     sys.modules["detectron2._C"] = None  # makes `import detectron2._C` raise ImportError
     importlib.reload(compat)
-    assert sys.modules["detectron2._C"] is _c_placeholder
+    assert sys.modules["detectron2._C"] is None
     assert compat.HAS_COMPILED_OPS is False
-    import detectron2.evaluation  # noqa: F401  (imports _C at module level)
+
+
+def test_installed_detectron2_is_the_patched_wheel():
+    """The wheel's patch set: no removed NumPy alias, Image.LINEAR or pkg_resources is left."""
+    import inspect
+
+    import numpy as np
+    from detectron2.data.transforms import transform
+    from detectron2.model_zoo import model_zoo
+    from detectron2.structures import masks
+
+    assert "pkg_resources" not in inspect.getsource(model_zoo)
+    assert model_zoo.get_config_file("Base-RCNN-FPN.yaml").endswith("Base-RCNN-FPN.yaml")
+    assert inspect.signature(transform.ExtentTransform).parameters["interp"].default == 2  # BILINEAR
+    bm = masks.polygons_to_bitmask([np.array([0, 0, 4, 0, 4, 4, 0, 4], dtype=float)], 6, 6)
+    assert bm.dtype == bool and bm.sum() > 0
+    assert masks.BitMasks(torch.zeros(1, 2, 2, dtype=torch.bool)).nonempty().dtype == torch.bool

@@ -21,6 +21,8 @@ from detpre.modeling.meta_arch import fastmoco as _arch  # noqa: F401  (register
 from detpre.modeling.momentum import momentum_at
 from detpre.solver import build_optimizer
 
+from .amp import MixedPrecision
+
 __all__ = ["baseline_config", "compare", "format_table"]
 
 
@@ -43,16 +45,18 @@ class _Run:
         self.model.train()
         self.opt = build_optimizer(cfg, self.model)
         self.sched = build_lr_scheduler(cfg, self.opt)
+        self.amp = MixedPrecision.from_config(cfg)  # SOLVER.AMP, as in training
         self.times, self.losses = [], []
 
     def step(self, batch, it):
         sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
-        loss = sum(self.model(batch).values())
+        with self.amp.autocast():
+            loss = sum(self.model(batch).values())
         self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        self.amp.backward(loss)
+        self.amp.step(self.opt)
         m = self.cfg.MODEL.MOMENTUM
         self.model.target.update(self.model, momentum_at(it + 1, self.cfg.SOLVER.MAX_ITER, m.BASE, m.END, m.SCHEDULE))
         sync()

@@ -18,13 +18,13 @@ import time
 
 import torch
 import torch.distributed as dist
-from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from detpre.data.self_training import build_self_training_loader
 
 from . import self_training_hooks  # noqa: F401  (registers the PseudoLabel hook)
+from .amp import AMPStep, MixedPrecision
 from .trainer import Trainer
 
 __all__ = ["LossNormalizer", "SelfTrainingStep", "SelfTrainingTrainer"]
@@ -98,11 +98,12 @@ def _mean_over_workers(values):
     return t.tolist()
 
 
-class SelfTrainingStep(SimpleTrainer):
-    """``SimpleTrainer`` whose step splits the batch by ``"stream"`` and weights the two losses."""
+class SelfTrainingStep(AMPStep):
+    """A training step that splits the batch by ``"stream"`` and weights the two losses; under
+    ``precision`` (SOLVER.AMP; default off)."""
 
-    def __init__(self, model, data_loader, optimizer, normalizer):
-        super().__init__(model, data_loader, optimizer)
+    def __init__(self, model, data_loader, optimizer, normalizer, precision=None):
+        super().__init__(model, data_loader, optimizer, precision or MixedPrecision(enabled=False))
         self.normalizer = normalizer
 
     def run_step(self):
@@ -117,15 +118,18 @@ class SelfTrainingStep(SimpleTrainer):
                              "(use detpre.data.self_training.build_self_training_loader)")
 
         self.optimizer.zero_grad()
-        loss_h = self.model(labeled)
-        total_h = sum(loss_h.values())
+        amp = self.precision
+        with amp.autocast():
+            loss_h = self.model(labeled)
+            total_h = sum(loss_h.values())
         w_h = self.normalizer.human_weight
-        (w_h * total_h).backward()  # one backward per forward: DDP-safe, frees memory early
-        loss_p = self.model(pseudo)
-        total_p = sum(loss_p.values())
+        amp.backward(w_h * total_h)  # one backward per forward: DDP-safe, frees memory early
+        with amp.autocast():
+            loss_p = self.model(pseudo)
+            total_p = sum(loss_p.values())
         self.normalizer.update(*_mean_over_workers([total_h.item(), total_p.item()]))
         w_p = self.normalizer.pseudo_weight
-        (w_p * total_p).backward()
+        amp.backward(w_p * total_p)
 
         metrics = {k: v.detach() * w_h for k, v in loss_h.items()}
         metrics.update({f"pseudo_{k}": v.detach() * w_p for k, v in loss_p.items()})
@@ -135,7 +139,8 @@ class SelfTrainingStep(SimpleTrainer):
                 st_loss_labeled=total_h.item(), st_loss_pseudo=total_p.item(),
                 st_weight_pseudo=w_p, st_avg_ratio=self.normalizer.avg_h / max(self.normalizer.avg_p, 1e-12),
                 smoothing_hint=False)
-        self.optimizer.step()
+        amp.step(self.optimizer)
+
 
 
 class SelfTrainingTrainer(Trainer):
@@ -144,14 +149,13 @@ class SelfTrainingTrainer(Trainer):
     def __init__(self, cfg):
         if not cfg.SELF_TRAINING.ENABLED:
             raise ValueError("SelfTrainingTrainer needs SELF_TRAINING.ENABLED: True")
-        if cfg.SOLVER.AMP.ENABLED:
-            raise NotImplementedError("self-training with SOLVER.AMP.ENABLED is not supported")
         super().__init__(cfg)
         st = cfg.SELF_TRAINING
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
         base = self._trainer
-        self._trainer = SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer)
+        self._trainer = SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer,
+                                         getattr(base, "precision", None))
         self.checkpointer.checkpointables["self_training"] = self.loss_normalizer
 
     @classmethod

@@ -9,6 +9,7 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 
 from detpre.data.build import build_test_loader, build_train_loader
+from detpre.data.transforms.batched_views import maybe_gpu_augment
 from detpre.evaluation import build_evaluator
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
@@ -16,6 +17,7 @@ from detpre.solver import build_optimizer
 from detpre.utils.checkpoint_io import is_finished
 
 from .checkpointer import DetpreCheckpointer
+from .amp import AMPStep, MixedPrecision
 
 __all__ = ["Trainer"]
 
@@ -36,6 +38,10 @@ class _RunInfo:
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:  # v0.6's AMPTrainer is CUDA- and float16-only
+            base = self._trainer
+            self._trainer = AMPStep(base.model, base.data_loader, base.optimizer,
+                                    MixedPrecision.from_config(cfg))
         # atomic saves, a --resume that skips a corrupt latest checkpoint, checked MODEL.WEIGHTS
         self.checkpointer = DetpreCheckpointer(
             self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
@@ -75,7 +81,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_train_loader(cfg)
+        return maybe_gpu_augment(cfg, build_train_loader(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

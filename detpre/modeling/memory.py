@@ -12,6 +12,10 @@ the update (momentum m, per memory index, from the batch's mean feature for that
 class's per-class mean, a target instance's feature) happens in the backward pass, once the
 gradient has been taken from the memory, so no copy of the memory is ever needed. Under DDP the
 batch is gathered from every process first, so all copies of the memory stay identical.
+
+Under autocast (SOLVER.AMP) the memory product, the loss and the update run in fp32 whatever
+the features' dtype: the memory stays an fp32 bank, and the gradient reaches the encoder cast
+back to the features' dtype.
 """
 import torch
 import torch.nn.functional as F
@@ -115,8 +119,10 @@ class HybridMemory(nn.Module):
             raise RuntimeError("HybridMemory used before its features were initialized; "
                                "list 'ClusterRefresh' in DETPRE.HOOKS to fill it before training")
         indexes = indexes.to(self.labels.device)
+        features = features.to(self.features.dtype)  # autograd casts the gradient back
         update = None
         if torch.is_grad_enabled() and features.requires_grad:
             update = (concat_all_gather(features.detach()), concat_all_gather(indexes))
-        logits = _MemoryMatmul.apply(features, self, update) / self.temperature
-        return unified_contrastive_loss(logits, self.labels, self.labels[indexes], groups)
+        with torch.autocast(features.device.type, enabled=False):
+            logits = _MemoryMatmul.apply(features, self, update) / self.temperature
+            return unified_contrastive_loss(logits, self.labels, self.labels[indexes], groups)

@@ -42,7 +42,8 @@ class TwoViewMapper:
         if is_train:
             crop = RandomResizedCrop(c.SIZE, tuple(c.SCALE), tuple(c.RATIO))
             views = [
-                [crop] + build_view_augmentations(**v, image_format=fmt, sigma_scale=c.SIGMA_SCALE)
+                [crop] + build_view_augmentations(**v, image_format=fmt, sigma_scale=c.SIGMA_SCALE,
+                                                  photometric=not c.GPU_AUGMENT)
                 for v in TWO_VIEW_RECIPES[c.AUGMENT]
             ]
         else:

@@ -171,8 +171,12 @@ class SoCoMapper:
                 "(one per DATASETS.TRAIN entry).")
         fmt = cfg.INPUT.FORMAT
         n = 4 if c.EXTRA_VIEW_SIZE else 3
+        if c.GPU_AUGMENT and c.CUTOUT_PROB > 0:
+            raise ValueError("INPUT.SOCO.GPU_AUGMENT with CUTOUT_PROB > 0: the cutout fill would be "
+                             "colour-jittered on the GPU (on CPU it comes after); use one of them")
         augs = [build_view_augmentations(**(BYOL_VIEW1 if v == 0 else BYOL_VIEW2), image_format=fmt,
-                                         sigma_scale=c.SIGMA_SCALE) for v in range(n)]
+                                         sigma_scale=c.SIGMA_SCALE, photometric=not c.GPU_AUGMENT)
+                for v in range(n)]
         return {
             "view_size": c.VIEW_SIZE, "small_view_size": c.SMALL_VIEW_SIZE,
             "extra_view_size": c.EXTRA_VIEW_SIZE, "crop_scale": c.CROP_SCALE, "crop_ratio": c.CROP_RATIO,

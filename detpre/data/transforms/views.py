@@ -152,16 +152,19 @@ class RandomSolarize(T.Augmentation):
 
 
 def build_view_augmentations(flip, color, gray, blur, solarize, image_format="BGR", sigma_scale=1.0,
-                             color_strength=(0.4, 0.4, 0.2, 0.1)):
+                             color_strength=(0.4, 0.4, 0.2, 0.1), photometric=True):
     """
     A BYOL-style view pipeline (probabilities as in ``BYOL_VIEW1``/``BYOL_VIEW2``): horizontal flip,
     colour jitter, grayscale, Gaussian blur, solarization. Geometric crops/resizes are the
     caller's (they differ per method) and go before these in the same ``AugmentationList``.
+    ``photometric=False``: the flip only (the rest runs batched on the GPU, batched_views.py).
     """
     b, c, s, h = color_strength
     augs = []
     if flip > 0:
         augs.append(T.RandomFlip(prob=flip, horizontal=True, vertical=False))
+    if not photometric:
+        return augs
     augs += [
         RandomColorJitter(color, b, c, s, h, image_format),
         RandomGrayscale(gray, image_format),
