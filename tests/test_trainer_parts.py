@@ -73,3 +73,33 @@ def test_extra_hooks_go_before_checkpointing(tmp_path):
     kinds = [type(h) for h in trainer._hooks]
     assert kinds.index(_RecordingHook) < kinds.index(hooks.PeriodicCheckpointer)
     assert "detpre" in trainer.checkpointer.checkpointables
+
+
+def test_timed_writer_writes_every_period_and_after_enough_seconds():
+    from types import SimpleNamespace
+
+    from detectron2.utils.events import EventWriter
+
+    from detpre.engine.writer import TimedPeriodicWriter
+
+    class Writer(EventWriter):
+        writes = []
+
+        def write(self):
+            self.writes.append(trainer.iter)
+
+        def close(self):
+            pass
+
+    now = [0.0]
+    trainer = SimpleNamespace(iter=0, max_iter=100)
+    w = TimedPeriodicWriter([Writer()], period=20, seconds=20.0, clock=lambda: now[0])
+    w.trainer = trainer
+    w.before_train()
+    for it in range(45):
+        trainer.iter = it
+        now[0] += 3.0 if it < 30 else 0.1  # 3 s per iteration, then fast
+        w.after_step()
+    # at 3 s per iteration every 7th (>= 20 s since the last write) and the period's 19; once
+    # iterations are fast, only the period (39)
+    assert Writer.writes == [6, 13, 19, 26, 39]

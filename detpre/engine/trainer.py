@@ -18,6 +18,7 @@ from detpre.utils.checkpoint_io import is_finished
 
 from .checkpointer import DetpreCheckpointer
 from .amp import AMPStep, MixedPrecision
+from .writer import TimedPeriodicWriter
 
 __all__ = ["Trainer"]
 
@@ -99,6 +100,8 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         ret = super().build_hooks()
+        # progress a person can follow: also write every ~20 s, not only every 20 iterations
+        ret = [TimedPeriodicWriter(h._writers, h._period) if type(h) is hooks.PeriodicWriter else h for h in ret]
         extra = [HOOK_REGISTRY.get(name)(self.cfg, self) for name in self.cfg.DETPRE.HOOKS]
         # before checkpointing, so a saved checkpoint includes this step's extra updates
         at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)),

@@ -8,7 +8,7 @@ of iterations: CI's check that the newcomer's path works.
 """
 import os
 
-from .runner import run_parallel, say, train
+from .runner import run_logged, run_parallel, say, tool_command, train
 from .transfer import Method, run_transfer
 
 __all__ = ["DEMO_METHODS", "FINETUNE_CONFIG", "expected_seconds", "run_demo", "run_smoke_extras"]
@@ -63,15 +63,17 @@ def run_demo(methods=("soco", "jigsaw"), seeds=(0, 1, 2), output_dir="output/dem
 
 
 def run_smoke_extras(output_dir, jobs=2):
-    """A self-training round and SpCL (unsupervised) for a handful of iterations each."""
-    from .self_training import self_train
-
+    """A self-training round (``tools/self_train.py``) and SpCL (unsupervised) for a handful of
+    iterations each, as subprocesses logged under ``output_dir``."""
     threads = 1 if jobs > 1 else None
-    spcl = lambda: train("configs/demo/spcl_usl_R18_tiny.yaml", os.path.join(output_dir, "spcl"),  # noqa: E731
-                         ["SOLVER.MAX_ITER", "4", "MODEL.SPCL.CLUSTER_PERIOD", "2", "TEST.EVAL_PERIOD", "0"],
-                         "spcl", threads)
-    st = lambda: self_train(  # noqa: E731
-        "configs/demo/mask_rcnn_R18_FPN_tiny.yaml", "configs/demo/self_training_mask_rcnn_R18_FPN_tiny.yaml",
-        os.path.join(output_dir, "self_training"), rounds=1, teacher_opts=_SMOKE_ITERS,
-        student_opts=_SMOKE_ITERS)
-    return run_parallel([spcl, st], jobs)
+    spcl_opts = ["SOLVER.MAX_ITER", "4", "MODEL.SPCL.CLUSTER_PERIOD", "2", "TEST.EVAL_PERIOD", "0"]
+    st_dir = os.path.join(output_dir, "self_training")
+    st_cmd = tool_command("self_train", "--teacher-config", "configs/demo/mask_rcnn_R18_FPN_tiny.yaml",
+                          "--student-config", "configs/demo/self_training_mask_rcnn_R18_FPN_tiny.yaml",
+                          "--output", st_dir, "--rounds", "1", "--teacher-opts", *_SMOKE_ITERS,
+                          "--student-opts", *_SMOKE_ITERS)
+    return run_parallel([
+        lambda: train("configs/demo/spcl_usl_R18_tiny.yaml", os.path.join(output_dir, "spcl"), spcl_opts,
+                      "spcl", threads),
+        lambda: run_logged(st_cmd, os.path.join(st_dir, "log_job.txt"), "self-training round", threads=threads),
+    ], jobs)
