@@ -24,15 +24,16 @@ class _Net(torch.nn.Module):
 
 def test_lars_groups_exclude_bias_and_norm_and_frozen():
     cfg = get_detpre_cfg()
-    cfg.SOLVER.OPTIMIZER, cfg.SOLVER.WEIGHT_DECAY = "LARS", 1e-5
+    cfg.SOLVER.OPTIMIZER, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_BIAS = "LARS", 1e-5, 0.0
     net = _Net()
     opt = build_optimizer(cfg, net)
     assert isinstance(opt, LARS)
-    adapted, plain = opt.param_groups
+    adapted, norm, bias = opt.param_groups
     assert [p.shape for p in adapted["params"]] == [net.conv.weight.shape]
     assert adapted["lars_adapt"] and adapted["weight_decay"] == 1e-5
-    assert not plain["lars_adapt"] and plain["weight_decay"] == 0.0
-    assert len(plain["params"]) == 3  # conv bias, bn weight, bn bias; frozen params left out
+    assert not norm["lars_adapt"] and norm["weight_decay"] == 0.0 and len(norm["params"]) == 2
+    assert not bias["lars_adapt"] and bias["weight_decay"] == 0.0 and len(bias["params"]) == 1
+    # conv bias, bn weight, bn bias; frozen params left out
 
 
 def test_sgd_is_detectron2s_and_unknown_optimizer_fails():
