@@ -5,20 +5,17 @@ Train or evaluate any detpre method, or fine-tune a detectron2 detector, from on
     python tools/train_net.py --config-file configs/demo/soco_R18_FPN.yaml
     python tools/train_net.py --config-file configs/... --num-gpus 8 [--resume] [KEY VALUE ...]
     python tools/train_net.py --config-file configs/... --eval-only MODEL.WEIGHTS model.pth
-"""
-from detectron2.engine import default_argument_parser, launch
 
+The same command runs under torchrun and Slurm, one process per GPU (see detpre/engine/launch.py):
+
+    torchrun --nnodes N --nproc_per_node G [--rdzv-endpoint host:port] tools/train_net.py ...
+    srun --ntasks-per-node G --gpus-per-task 1 python tools/train_net.py ...
+"""
 import detpre  # noqa: F401  (registers every component)
 from detpre.engine import main
+from detpre.engine.launch import argument_parser, launch
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch(main, args)

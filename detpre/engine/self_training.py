@@ -147,7 +147,7 @@ class SelfTrainingTrainer(Trainer):
         if cfg.SOLVER.AMP.ENABLED:
             raise NotImplementedError("self-training with SOLVER.AMP.ENABLED is not supported")
         super().__init__(cfg)
-        st = cfg.SELF_TRAINING
+        st = self.cfg.SELF_TRAINING  # scaled by auto_scale_workers
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
         base = self._trainer
