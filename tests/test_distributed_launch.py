@@ -80,6 +80,19 @@ def test_num_gpus_with_torchrun_is_an_error():
         launch(lambda a: None, args, environ=TORCHRUN)
 
 
+def test_sbatch_script_with_num_gpus_spawns(monkeypatch):
+    """No srun step (only the job's SLURM_NTASKS): train_net.py --num-gpus G spawns G processes."""
+    import detpre.engine.launch as L
+
+    spawned = []
+    monkeypatch.setattr(L, "_spawn", lambda main_func, args, device, timeout: spawned.append(args))
+    args = SimpleNamespace(config_file="", opts=[], num_gpus=8, num_machines=1, launcher="auto")
+    L.launch(lambda a: None, args, environ=SLURM)
+    assert spawned == [args]
+    with pytest.raises(ValueError, match="drop --num-gpus"):  # inside an srun step
+        L.launch(lambda a: None, args, environ={**SLURM, "SLURM_STEP_NUM_TASKS": "8"})
+
+
 def test_cpu_models_get_no_device_ids():
     import detectron2.engine.defaults as d2_defaults
 
@@ -222,3 +235,33 @@ def test_each_recipe_states_its_reference_batch_once(path):
         assert len(found) == int(sets), f"{p}: sets IMS_PER_BATCH={sets}, states {found}"
         stated += [int(n) for n in found]
     assert stated and stated[0] == batch, (path, stated, batch)
+
+
+def _submit_slurm():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("submit_slurm",
+                                                  os.path.join(REPO, "tools", "submit_slurm.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_submit_slurm_asks_one_task_per_gpu_and_requeues_with_resume():
+    tool = _submit_slurm()
+    args = tool.parse_args(["--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--",
+                            "--config-file", "c.yaml", "OUTPUT_DIR", "o"])
+    params = tool.executor_parameters(args)
+    assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (2, 4, 4)
+    assert params["slurm_partition"] == "gpu" and "slurm_account" not in params
+    assert args.train_argv == ["--config-file", "c.yaml", "OUTPUT_DIR", "o"]
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--nodes", "2"])  # no train_net.py arguments
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="needs submitit"):
+            tool.main(["--", "--config-file", "c.yaml"])
+    else:
+        requeued = tool.Train(args.train_argv).checkpoint()
+        assert requeued.function.train_argv[0] == "--resume"

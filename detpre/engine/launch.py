@@ -7,9 +7,10 @@ Starting the processes of a run, whichever way the user starts ``tools/train_net
 * **torchrun** (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set; also ``torch.distributed.launch
   --use-env`` and other ``env://`` launchers): every process is already started, the process
   group is joined through ``MASTER_ADDR:MASTER_PORT``.
-* **Slurm** (``srun`` with more than one task: ``SLURM_PROCID``, ``SLURM_NTASKS``,
-  ``SLURM_LOCALID``, ``SLURM_NODEID``, the node list): one task per GPU, the first node of the
-  step is the rendezvous (port ``MASTER_PORT`` or one derived from the job id).
+* **Slurm** (``srun`` with more than one task: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` or
+  ``SLURM_NTASKS``, ``SLURM_LOCALID``, ``SLURM_NODEID``, the node list): one task per GPU, the
+  first node of the step is the rendezvous (port ``MASTER_PORT`` or one derived from the job
+  id). An sbatch script that runs train_net.py ``--num-gpus G`` itself (no srun step) spawns.
 
 In the last two cases the process initializes detectron2's process groups itself, global and
 local (``comm._LOCAL_PROCESS_GROUP``, as detectron2's launch worker does), NCCL when
@@ -243,7 +244,14 @@ def launch(main_func, args, timeout=DEFAULT_TIMEOUT, environ=None):
     joining the process groups), else through detectron2's launch (``args.num_gpus`` processes
     per machine). ``args`` is the namespace of ``argument_parser()``.
     """
-    env = detect_environment(environ, getattr(args, "launcher", "auto"))
+    environ = os.environ if environ is None else environ
+    launcher = getattr(args, "launcher", "auto")
+    env = detect_environment(environ, launcher)
+    if (env is not None and env.launcher == "slurm" and launcher == "auto" and args.num_gpus > 1
+            and not environ.get("SLURM_STEP_NUM_TASKS")):
+        # an sbatch script running train_net.py itself (no srun step): detectron2's launch
+        logger.info("Slurm job without an srun step and --num-gpus %d: spawning", args.num_gpus)
+        env = None
     device = config_device(args)
     if env is None:
         return _spawn(main_func, args, device, timeout)
