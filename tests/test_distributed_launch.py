@@ -161,8 +161,8 @@ def test_cpu_spawn_runs_gloo_workers(tmp_path, monkeypatch):
     seen = []
 
     def main(a):
-        from detectron2.utils import comm
         import torch.distributed as dist
+        from detectron2.utils import comm
 
         seen.append((comm.get_world_size(), comm.get_local_size(), dist.get_backend()))
 

@@ -11,7 +11,6 @@ and ends with its weights.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -61,7 +61,7 @@ class Trainer(DefaultTrainer):
                 node = node.get(name) if node is not None else None
             if node is None or leaf not in node or node[leaf] <= 0:
                 continue
-            node[leaf] = max(1, int(round(node[leaf] * reference / num_workers)))
+            node[leaf] = max(1, round(node[leaf] * reference / num_workers))
         if frozen:
             scaled.freeze()
         return scaled
