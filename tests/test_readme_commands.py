@@ -91,7 +91,7 @@ def test_readme_command(line, argv, monkeypatch):
     if argv[0] in ("torchrun", "srun", "sbatch"):
         argv = [a for a in argv if a.endswith(".py") or a.endswith(".sh")][:1] + argv[
             next(i for i, a in enumerate(argv) if a.endswith((".py", ".sh"))) + 1:]
-    if argv[0].endswith("python") or argv[0] == "python":
+    if argv[0] in ("bash", "sh") or argv[0].endswith("python"):
         argv = argv[1:]
     tool = argv[0]
     assert os.path.isfile(os.path.join(REPO, tool)), f"README.md:{line}: {tool} does not exist"

@@ -8,13 +8,17 @@ Train or evaluate any detpre method, or fine-tune a detectron2 detector, from on
 
 A mistake in the input (a missing file, an unknown config key, an unwritable OUTPUT_DIR, ...) is
 reported as one line ``detpre: error: ...`` and exit status 2, without a traceback.
+
+The same command runs under torchrun and Slurm, one process per GPU (see detpre/engine/launch.py):
+
+    torchrun --nnodes N --nproc_per_node G [--rdzv-endpoint host:port] tools/train_net.py ...
+    srun --ntasks-per-node G --gpus-per-task 1 python tools/train_net.py ...
 """
 import sys
 
-from detectron2.engine import default_argument_parser, launch
-
 import detpre  # noqa: F401  (registers every component)
 from detpre.engine import main
+from detpre.engine.launch import argument_parser, launch
 from detpre.errors import DetpreError
 
 
@@ -27,13 +31,6 @@ def run(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch(run, args)

@@ -150,7 +150,7 @@ class SelfTrainingTrainer(Trainer):
         if not cfg.SELF_TRAINING.ENABLED:
             raise ValueError("SelfTrainingTrainer needs SELF_TRAINING.ENABLED: True")
         super().__init__(cfg)
-        st = cfg.SELF_TRAINING
+        st = self.cfg.SELF_TRAINING  # scaled by auto_scale_workers
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
         base = self._trainer

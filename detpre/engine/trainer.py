@@ -37,8 +37,15 @@ class _RunInfo:
 
 
 class Trainer(DefaultTrainer):
+    # detpre's schedule keys counted in iterations: scaled with MAX_ITER by auto_scale_workers
+    ITERATION_KEYS = ("MODEL.SPCL.CLUSTER_PERIOD", "MODEL.JIGSAW.ERF_PERIOD",
+                      "SELF_TRAINING.REFRESH_PERIOD", "SELF_TRAINING.LOSS_NORM_WARMUP")
+
     def __init__(self, cfg):
-        super().__init__(cfg)
+        # DefaultTrainer calls DefaultTrainer.auto_scale_workers, which misses detpre's keys;
+        # on the scaled config its own call is a no-op (REFERENCE_WORLD_SIZE = world size)
+        super().__init__(self.auto_scale_workers(cfg, comm.get_world_size()))
+        cfg = self.cfg
         if cfg.SOLVER.AMP.ENABLED:  # v0.6's AMPTrainer is CUDA- and float16-only
             base = self._trainer
             self._trainer = AMPStep(base.model, base.data_loader, base.optimizer,
@@ -50,6 +57,33 @@ class Trainer(DefaultTrainer):
         for h in self._hooks:
             if isinstance(h, hooks.PeriodicCheckpointer):
                 h.checkpointer = self.checkpointer
+
+    @classmethod
+    def auto_scale_workers(cls, cfg, num_workers):
+        """
+        detectron2's linear scaling rule for ``SOLVER.REFERENCE_WORLD_SIZE`` R != 0: on W
+        processes the per-process batch stays ``IMS_PER_BATCH / R``, so the total batch and
+        ``BASE_LR`` (SGD, LARS, Adam alike) are multiplied by W / R, and every iteration count
+        (MAX_ITER, WARMUP_ITERS, STEPS, CHECKPOINT_PERIOD, EVAL_PERIOD and detpre's
+        ``ITERATION_KEYS``) divided by it, so the run still sees the same number of epochs.
+        """
+        reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+        scaled = DefaultTrainer.auto_scale_workers(cfg, num_workers)
+        if scaled is cfg:
+            return cfg
+        frozen = scaled.is_frozen()
+        scaled.defrost()
+        for key in cls.ITERATION_KEYS:
+            *path, leaf = key.split(".")
+            node = scaled
+            for name in path:
+                node = node.get(name) if node is not None else None
+            if node is None or leaf not in node or node[leaf] <= 0:
+                continue
+            node[leaf] = max(1, round(node[leaf] * reference / num_workers))
+        if frozen:
+            scaled.freeze()
+        return scaled
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
