@@ -1,8 +1,9 @@
 """
 ``make demo``: does pretraining on the built-in demo data make a better detector? SoCo (on the
-`unlabeled` split's selective-search proposals) and Jigsaw (on `train`'s own boxes) are
-pretrained, exported and fine-tuned into the tiny Mask R-CNN on `train` with S seeds, next to
-random init with the same seeds and budget; AP on `val`, the paired margin and its interval.
+`unlabeled` split's selective-search proposals; ``--methods`` adds Jigsaw on `train`'s own boxes,
+Fast-MoCo, MoCo v3) is pretrained, exported and fine-tuned into the tiny Mask R-CNN on `train`
+with S seeds, next to random init with the same seeds and budget; AP on `val`, the paired margin
+and its interval.
 ``smoke=True`` runs every method's pipeline (and a self-training round and SpCL) for a handful
 of iterations: CI's check that the newcomer's path works.
 """
@@ -14,6 +15,11 @@ from .transfer import Method, run_transfer
 __all__ = ["DEMO_METHODS", "FINETUNE_CONFIG", "expected_seconds", "run_demo", "run_smoke_extras"]
 
 FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
+# The demo's fine-tuning budget: 200 iterations at twice the config's LR, so that 3 seeds of
+# random init and of each method fit 15 minutes on 2 cores (the config's own 500 iterations
+# take ~6 minutes a run).
+FINETUNE_OPTS = ["SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(160,)", "SOLVER.WARMUP_ITERS", "20",
+                 "SOLVER.BASE_LR", "0.02"]
 DEMO_METHODS = {
     "soco": "configs/demo/soco_R18_FPN_tiny.yaml",
     "jigsaw": "configs/demo/jigsaw_R18_tiny.yaml",
@@ -22,27 +28,29 @@ DEMO_METHODS = {
 }
 # Seconds per iteration measured on a 2-core machine, one thread per run, two runs at once:
 # only for the time estimate printed before the demo starts.
-_S_PER_ITER = {"soco": 2.2, "jigsaw": 0.6, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8}
+_S_PER_ITER = {"soco": 2.1, "jigsaw": 0.5, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.75}
+_S_PER_RUN = 30  # process start, data set loading, the final evaluation on `val`
 _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
                 "SOLVER.CHECKPOINT_PERIOD", "3"]
 
 
-def expected_seconds(methods, seeds, jobs=2):
-    """A rough total for the demo at its configs' iterations on 2 cores (printed up front)."""
+def expected_seconds(methods, seeds, jobs=2, finetune_opts=()):
+    """A rough total for the demo on 2 cores (printed up front): the work of every run, shared
+    by ``jobs`` cores, plus data, proposals, exports and probes."""
     from detpre.config import get_detpre_cfg
 
     from .runner import repo_path
 
-    def it(cfg):
-        return get_detpre_cfg(repo_path(cfg)).SOLVER.MAX_ITER
+    def it(cfg, opts=()):
+        return get_detpre_cfg(repo_path(cfg), list(opts)).SOLVER.MAX_ITER
 
-    pre = sorted((it(DEMO_METHODS[m]) * _S_PER_ITER[m] for m in methods), reverse=True)
-    pre_s = sum(pre[::jobs])  # the longest of each parallel pair
-    ft = it(FINETUNE_CONFIG) * _S_PER_ITER["finetune"] * (len(methods) + 1) * len(seeds) / jobs
-    return 60 + pre_s + ft + 30 * (len(methods) + 1)  # + data, proposals, exports and probes
+    pre = sum(it(DEMO_METHODS[m]) * _S_PER_ITER[m] + _S_PER_RUN for m in methods)
+    ft_iters = it(FINETUNE_CONFIG, [*FINETUNE_OPTS, *finetune_opts])
+    ft = (ft_iters * _S_PER_ITER["finetune"] + _S_PER_RUN) * (len(methods) + 1) * len(seeds)
+    return 60 + 20 * (len(methods) + 1) + (pre + ft) / max(1, jobs)
 
 
-def run_demo(methods=("soco", "jigsaw"), seeds=(0, 1, 2), output_dir="output/demo", jobs=2,
+def run_demo(methods=("soco",), seeds=(0, 1, 2), output_dir="output/demo", jobs=2,
              finetune_opts=(), smoke=False):
     """The demo's transfer result (see ``run_transfer``); ``smoke`` shrinks every run to a few
     iterations and one seed."""
@@ -59,7 +67,7 @@ def run_demo(methods=("soco", "jigsaw"), seeds=(0, 1, 2), output_dir="output/dem
     extra = _SMOKE_ITERS if smoke else []
     ms = [Method(m, DEMO_METHODS[m], extra) for m in methods]
     return run_transfer(ms, FINETUNE_CONFIG, output_dir, seeds=seeds, jobs=jobs,
-                        finetune_opts=[*extra, *finetune_opts])
+                        finetune_opts=[*FINETUNE_OPTS, *extra, *finetune_opts])
 
 
 def run_smoke_extras(output_dir, jobs=2):
