@@ -17,7 +17,7 @@ from tabulate import tabulate
 import detpre  # noqa: F401
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
-from detpre.pseudo_labels.benchmark import benchmark_pseudo_labelling
+from detpre.benchmarks.pseudo_labels import benchmark_pseudo_labelling
 from detpre.pseudo_labels.teacher import teacher_config
 
 

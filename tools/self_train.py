@@ -44,7 +44,7 @@ def main():
                       label_kwargs={"score_threshold": a.threshold, "tta": a.tta})
     table = format_rows(rows)
     print("\n" + table)
-    write_json_atomic(rows, os.path.join(a.output, "results.json"), indent=1)
+    write_json_atomic(os.path.join(a.output, "results.json"), rows, indent=1)
 
 
 if __name__ == "__main__":

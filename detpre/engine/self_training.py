@@ -23,6 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from detpre.data.self_training import build_self_training_loader
+from detpre.registry import TRAINER_REGISTRY
 
 from . import self_training_hooks  # noqa: F401  (registers the PseudoLabel hook)
 from .trainer import Trainer
@@ -138,8 +139,13 @@ class SelfTrainingStep(SimpleTrainer):
         self.optimizer.step()
 
 
+@TRAINER_REGISTRY.register()
 class SelfTrainingTrainer(Trainer):
     """detpre's ``Trainer`` for the student: two-stream loader + ``SelfTrainingStep``."""
+
+    @classmethod
+    def applies_to(cls, cfg):
+        return bool(cfg.SELF_TRAINING.ENABLED)
 
     def __init__(self, cfg):
         if not cfg.SELF_TRAINING.ENABLED:

@@ -18,6 +18,7 @@ from detpre.pseudo_labels import label_images
 from detpre.registry import HOOK_REGISTRY
 
 from .hooks import unwrap_model
+from .internals import inner_trainer
 
 __all__ = ["PseudoLabel"]
 
@@ -45,7 +46,7 @@ class PseudoLabel(HookBase):
                 "filter_empty": cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS}
 
     def _loader(self):
-        loader = self.trainer._trainer.data_loader
+        loader = inner_trainer(self.trainer).data_loader
         if not hasattr(loader, "refresh_pseudo"):
             raise TypeError("the PseudoLabel hook needs the self-training loader (SELF_TRAINING.ENABLED)")
         return loader

@@ -10,6 +10,7 @@ from detectron2.utils import comm
 
 from detpre.data.build import build_test_loader, build_train_loader
 from detpre.evaluation import build_evaluator
+from detpre.method import declared_hooks
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
 
@@ -93,7 +94,8 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         ret = super().build_hooks()
-        extra = [HOOK_REGISTRY.get(name)(self.cfg, self) for name in self.cfg.DETPRE.HOOKS]
+        # DETPRE.HOOKS plus what the meta-architecture declares (detpre.method)
+        extra = [HOOK_REGISTRY.get(name)(self.cfg, self) for name in declared_hooks(self.cfg)]
         # before checkpointing, so a saved checkpoint includes this step's extra updates
         at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)),
                   len(ret))

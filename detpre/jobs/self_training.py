@@ -66,7 +66,7 @@ def _evaluate(cfg, weights, trained_here=False):
     logger.info("Evaluating weights: %s", weights)
     res = Trainer.test(cfg, model)
     flat = {f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}
-    write_json_atomic(flat, cache)
+    write_json_atomic(cache, flat)
     return flat
 
 
