@@ -31,10 +31,10 @@ class MomentumUpdate(HookBase):
     @classmethod
     def from_config(cls, cfg, trainer=None):
         return {
-            "base": cfg.MODEL.MOMENTUM.BASE,
-            "end": cfg.MODEL.MOMENTUM.END,
+            "base": cfg.MODEL.EMA.BASE,
+            "end": cfg.MODEL.EMA.END,
             "max_iter": cfg.SOLVER.MAX_ITER,
-            "schedule": cfg.MODEL.MOMENTUM.SCHEDULE,
+            "schedule": cfg.MODEL.EMA.SCHEDULE,
         }
 
     def momentum(self, it):

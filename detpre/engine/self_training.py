@@ -7,7 +7,7 @@ two-stream loader) and optimizes the paper's normalized loss
 
 where L_h, L_p are the total detection losses of the human- and pseudo-labeled images of the
 step, avg(.) their moving averages over training and ``a`` the pseudo-label loss weight
-(SELF_TRAINING.PSEUDO_LOSS_WEIGHT). The ratio of averages rescales the pseudo loss to the human
+(MODEL.SELF_TRAINING.PSEUDO_LOSS_WEIGHT). The ratio of averages rescales the pseudo loss to the human
 loss's magnitude, so the balance between the streams is set by ``a`` alone, whatever the
 threshold/augmentation do to the pseudo loss's scale. With LOSS_NORM off, L = L_h + a * L_p.
 
@@ -145,15 +145,15 @@ class SelfTrainingTrainer(Trainer):
 
     @classmethod
     def applies_to(cls, cfg):
-        return bool(cfg.SELF_TRAINING.ENABLED)
+        return bool(cfg.MODEL.SELF_TRAINING.ENABLED)
 
     def __init__(self, cfg):
-        if not cfg.SELF_TRAINING.ENABLED:
-            raise ValueError("SelfTrainingTrainer needs SELF_TRAINING.ENABLED: True")
+        if not cfg.MODEL.SELF_TRAINING.ENABLED:
+            raise ValueError("SelfTrainingTrainer needs MODEL.SELF_TRAINING.ENABLED: True")
         if cfg.SOLVER.AMP.ENABLED:
             raise NotImplementedError("self-training with SOLVER.AMP.ENABLED is not supported")
         super().__init__(cfg)
-        st = cfg.SELF_TRAINING
+        st = cfg.MODEL.SELF_TRAINING
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
         base = self._trainer

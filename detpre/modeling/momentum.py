@@ -69,6 +69,6 @@ def momentum_at(it, max_iter, base, end=1.0, schedule="cosine"):
     if schedule == "constant" or max_iter <= 0:
         return base
     if schedule != "cosine":
-        raise ValueError(f"MODEL.MOMENTUM.SCHEDULE={schedule!r}: use 'cosine' or 'constant'")
+        raise ValueError(f"MODEL.EMA.SCHEDULE={schedule!r}: use 'cosine' or 'constant'")
     t = min(max(it / max_iter, 0.0), 1.0)
     return end - (end - base) * (math.cos(math.pi * t) + 1) / 2
