@@ -2,8 +2,18 @@
 ``add_detpre_config(cfg)``: every key detpre adds to detectron2's config, with its default.
 
 Composed of one ``add_*_config`` per concern/method, like DensePose's. Keys live in their own
-nodes (``MODEL.SOCO``, ...) or are new leaves next to related detectron2 keys; none changes
-the meaning of a detectron2 key.
+nodes (``MODEL.SOCO`` / ``INPUT.SOCO``, ...: a method's model under ``MODEL.X``, its input
+pipeline under ``INPUT.X``) or are new leaves next to related detectron2 keys. No detectron2
+default changes; detectron2 keys that take more values than detectron2's (each said again at
+the detpre key it goes with):
+
+- ``MODEL.META_ARCHITECTURE``: also "SoCo", "FastMoCo", "JigsawPretrain", "SpCL", which declare
+  their train mapper and hooks (``detpre.method``);
+- ``DATALOADER.SAMPLER_TRAIN``: also "IdentityBalancedSampler" (SpCL's P x K batches);
+- ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE``: also "full_model" (one global norm, Fast-MoCo);
+- ``SOLVER.WEIGHT_DECAY_NORM`` / ``WEIGHT_DECAY_BIAS`` / ``BIAS_LR_FACTOR``: also read by LARS.
+
+Renamed keys keep their old names for one release (``RENAMED_KEYS``, with a warning).
 """
 import logging
 
@@ -29,10 +39,12 @@ def add_dataset_config(cfg):
 def add_trainer_config(cfg):
     """What ``detpre.engine.Trainer`` builds: mapper, extra hooks, optimizer."""
     _C = cfg
-    # Name in detpre's MAPPER_REGISTRY for the train loader; "" = detectron2's DatasetMapper.
+    # Name in detpre's MAPPER_REGISTRY for the train (and test) loader; "" = the mapper the
+    # meta-architecture declares (detpre.method), or detectron2's DatasetMapper if none.
     _C.DATALOADER.MAPPER = ""
     _C.DETPRE = CN()
-    # Names in detpre's HOOK_REGISTRY appended to DefaultTrainer's hooks (before checkpointing).
+    # Names in detpre's HOOK_REGISTRY appended to DefaultTrainer's hooks (before checkpointing),
+    # followed by those the meta-architecture declares and this list lacks.
     _C.DETPRE.HOOKS = []
     # "SGD" (detectron2's), "LARS" (self-supervised recipes), "AdamW" or "Adam" (coupled L2, SpCL).
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one global norm (Fast-MoCo).
@@ -300,16 +312,6 @@ def add_self_training_config(cfg):
     _C.MODEL.SELF_TRAINING.PSEUDO_DATASETS = ()
     # Pseudo-labeled images per labeled image in each batch (1.0 = the paper's 1:1).
     _C.MODEL.SELF_TRAINING.PSEUDO_RATIO = 1.0
-    # Student augmentation of the pseudo stream: "S1" flip + scale jitter 0.8-1.2 crop, "S2" S1 +
-    # AutoAugment, "S3" AutoAugment + scale jitter 0.5-2.0, "S4" RandAugment + 0.5-2.0, "none".
-    _C.INPUT.SELF_TRAINING.AUGMENT = "S1"
-    # Same for the labeled stream; "" = AUGMENT.
-    _C.INPUT.SELF_TRAINING.LABELED_AUGMENT = ""
-    # Side of the square scale-jitter crop (pixels); images are resized then cropped/padded to it.
-    _C.INPUT.SELF_TRAINING.IMAGE_SIZE = 1024
-    # RandAugment (S4): number of ops per image and their shared magnitude (0-10).
-    _C.INPUT.SELF_TRAINING.RANDAUG_N = 2
-    _C.INPUT.SELF_TRAINING.RANDAUG_M = 9
     # Loss normalization (the paper): L = (L_h + a * (avg L_h / avg L_p) * L_p) / (1 + a).
     _C.MODEL.SELF_TRAINING.LOSS_NORM = True
     # a: weight of the pseudo-labeled stream's loss.
@@ -330,6 +332,16 @@ def add_self_training_config(cfg):
     _C.MODEL.SELF_TRAINING.UNLABELED_DATASET = ""
     # Images per inference batch when pseudo-labelling.
     _C.MODEL.SELF_TRAINING.LABEL_BATCH_SIZE = 4
+    # Student augmentation of the pseudo stream: "S1" flip + scale jitter 0.8-1.2 crop, "S2" S1 +
+    # AutoAugment, "S3" AutoAugment + scale jitter 0.5-2.0, "S4" RandAugment + 0.5-2.0, "none".
+    _C.INPUT.SELF_TRAINING.AUGMENT = "S1"
+    # Same for the labeled stream; "" = AUGMENT.
+    _C.INPUT.SELF_TRAINING.LABELED_AUGMENT = ""
+    # Side of the square scale-jitter crop (pixels); images are resized then cropped/padded to it.
+    _C.INPUT.SELF_TRAINING.IMAGE_SIZE = 1024
+    # RandAugment (S4): number of ops per image and their shared magnitude (0-10).
+    _C.INPUT.SELF_TRAINING.RANDAUG_N = 2
+    _C.INPUT.SELF_TRAINING.RANDAUG_M = 9
 
 
 def add_detpre_config(cfg):
