@@ -1,7 +1,7 @@
 """
 detpre: detection-aligned pretraining for detectron2.
 
-Importing it registers every component (meta-architectures, mappers, hooks, losses, memories,
+Importing it registers every component (meta-architectures, mappers, hooks, trainers,
 evaluators) in detectron2's and detpre's registries. It changes no global state otherwise.
 """
 from . import _compat  # noqa: F401  (first: which detectron2 build is installed)

@@ -2,9 +2,21 @@
 ``add_detpre_config(cfg)``: every key detpre adds to detectron2's config, with its default.
 
 Composed of one ``add_*_config`` per concern/method, like DensePose's. Keys live in their own
-nodes (``MODEL.SOCO``, ...) or are new leaves next to related detectron2 keys; none changes
-the meaning of a detectron2 key.
+nodes (``MODEL.SOCO`` / ``INPUT.SOCO``, ...: a method's model under ``MODEL.X``, its input
+pipeline under ``INPUT.X``) or are new leaves next to related detectron2 keys. No detectron2
+default changes; detectron2 keys that take more values than detectron2's (each said again at
+the detpre key it goes with):
+
+- ``MODEL.META_ARCHITECTURE``: also "SoCo", "FastMoCo", "JigsawPretrain", "SpCL", which declare
+  their train mapper and hooks (``detpre.method``);
+- ``DATALOADER.SAMPLER_TRAIN``: also "IdentityBalancedSampler" (SpCL's P x K batches);
+- ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE``: also "full_model" (one global norm, Fast-MoCo);
+- ``SOLVER.WEIGHT_DECAY_NORM`` / ``WEIGHT_DECAY_BIAS`` / ``BIAS_LR_FACTOR``: also read by LARS.
+
+Renamed keys keep their old names for one release (``RENAMED_KEYS``, with a warning).
 """
+import logging
+
 from detectron2.config import CfgNode as CN
 
 
@@ -27,10 +39,12 @@ def add_dataset_config(cfg):
 def add_trainer_config(cfg):
     """What ``detpre.engine.Trainer`` builds: mapper, extra hooks, optimizer."""
     _C = cfg
-    # Name in detpre's MAPPER_REGISTRY for the train loader; "" = detectron2's DatasetMapper.
+    # Name in detpre's MAPPER_REGISTRY for the train (and test) loader; "" = the mapper the
+    # meta-architecture declares (detpre.method), or detectron2's DatasetMapper if none.
     _C.DATALOADER.MAPPER = ""
     _C.DETPRE = CN()
-    # Names in detpre's HOOK_REGISTRY appended to DefaultTrainer's hooks (before checkpointing).
+    # Names in detpre's HOOK_REGISTRY appended to DefaultTrainer's hooks (before checkpointing),
+    # followed by those the meta-architecture declares and this list lacks.
     _C.DETPRE.HOOKS = []
     # "SGD" (detectron2's), "LARS" (self-supervised recipes), "AdamW" or "Adam" (coupled L2, SpCL).
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one global norm (Fast-MoCo).
@@ -67,12 +81,14 @@ def add_reliability_config(cfg):
 def add_ssl_config(cfg):
     """Pieces shared by the self-supervised methods: momentum target, MLP heads, views."""
     _C = cfg
-    _C.MODEL.MOMENTUM = CN()
+    # The EMA target network's momentum (MomentumUpdate hook); not SOLVER.MOMENTUM (SGD/LARS)
+    # nor MODEL.SPCL.MOMENTUM (SpCL's memory update).
+    _C.MODEL.EMA = CN()
     # EMA coefficient at iteration 0; BYOL's cosine schedule takes it to END at MAX_ITER.
-    _C.MODEL.MOMENTUM.BASE = 0.99
-    _C.MODEL.MOMENTUM.END = 1.0
+    _C.MODEL.EMA.BASE = 0.99
+    _C.MODEL.EMA.END = 1.0
     # "cosine" (BYOL) or "constant".
-    _C.MODEL.MOMENTUM.SCHEDULE = "cosine"
+    _C.MODEL.EMA.SCHEDULE = "cosine"
 
 
 def add_soco_config(cfg):
@@ -294,45 +310,48 @@ def add_spcl_config(cfg):
 
 
 def add_self_training_config(cfg):
-    """Self-training (NeurIPS 2020): teacher pseudo-labels, strong-augmentation student."""
+    """Self-training (NeurIPS 2020): teacher pseudo-labels, strong-augmentation student.
+    MODEL.SELF_TRAINING: the streams, the loss, the pseudo-labels; INPUT.SELF_TRAINING: the
+    student's augmentation (as MODEL.SOCO / INPUT.SOCO)."""
     _C = cfg
-    _C.SELF_TRAINING = CN()
+    _C.MODEL.SELF_TRAINING = CN()
+    _C.INPUT.SELF_TRAINING = CN()
     # On: the train loader mixes DATASETS.TRAIN with PSEUDO_DATASETS (build_self_training_loader).
-    _C.SELF_TRAINING.ENABLED = False
+    _C.MODEL.SELF_TRAINING.ENABLED = False
     # Registered pseudo-labeled data sets (e.g. a tools/generate_pseudo_labels.py json in DATASETS.COCO).
-    _C.SELF_TRAINING.PSEUDO_DATASETS = ()
+    _C.MODEL.SELF_TRAINING.PSEUDO_DATASETS = ()
     # Pseudo-labeled images per labeled image in each batch (1.0 = the paper's 1:1).
-    _C.SELF_TRAINING.PSEUDO_RATIO = 1.0
-    # Student augmentation of the pseudo stream: "S1" flip + scale jitter 0.8-1.2 crop, "S2" S1 +
-    # AutoAugment, "S3" AutoAugment + scale jitter 0.5-2.0, "S4" RandAugment + 0.5-2.0, "none".
-    _C.SELF_TRAINING.AUGMENT = "S1"
-    # Same for the labeled stream; "" = AUGMENT.
-    _C.SELF_TRAINING.LABELED_AUGMENT = ""
-    # Side of the square scale-jitter crop (pixels); images are resized then cropped/padded to it.
-    _C.SELF_TRAINING.IMAGE_SIZE = 1024
-    # RandAugment (S4): number of ops per image and their shared magnitude (0-10).
-    _C.SELF_TRAINING.RANDAUG_N = 2
-    _C.SELF_TRAINING.RANDAUG_M = 9
+    _C.MODEL.SELF_TRAINING.PSEUDO_RATIO = 1.0
     # Loss normalization (the paper): L = (L_h + a * (avg L_h / avg L_p) * L_p) / (1 + a).
-    _C.SELF_TRAINING.LOSS_NORM = True
+    _C.MODEL.SELF_TRAINING.LOSS_NORM = True
     # a: weight of the pseudo-labeled stream's loss.
-    _C.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
+    _C.MODEL.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
     # EMA momentum of the moving averages avg L_h, avg L_p (the running mean over the first
     # 1 / (1 - momentum) steps, then the EMA).
-    _C.SELF_TRAINING.LOSS_NORM_MOMENTUM = 0.99
+    _C.MODEL.SELF_TRAINING.LOSS_NORM_MOMENTUM = 0.99
     # Steps before the ratio avg L_h / avg L_p is used (1 until then): the first steps' averages
     # are a handful of values, and a near-zero pseudo loss among them gave a huge pseudo weight.
-    _C.SELF_TRAINING.LOSS_NORM_WARMUP = 100
+    _C.MODEL.SELF_TRAINING.LOSS_NORM_WARMUP = 100
     # Pseudo-label score threshold (the paper's hard threshold) and optional per-class ones
     # (a list of NUM_CLASSES floats, contiguous class order; [] = SCORE_THRESHOLD for all).
-    _C.SELF_TRAINING.SCORE_THRESHOLD = 0.5
-    _C.SELF_TRAINING.CLASS_THRESHOLDS = []
+    _C.MODEL.SELF_TRAINING.SCORE_THRESHOLD = 0.5
+    _C.MODEL.SELF_TRAINING.CLASS_THRESHOLDS = []
     # PseudoLabel hook: relabel UNLABELED_DATASET with the current model every REFRESH_PERIOD
     # iterations (0 = never); jsons go to OUTPUT_DIR/pseudo_labels/.
-    _C.SELF_TRAINING.REFRESH_PERIOD = 0
-    _C.SELF_TRAINING.UNLABELED_DATASET = ""
+    _C.MODEL.SELF_TRAINING.REFRESH_PERIOD = 0
+    _C.MODEL.SELF_TRAINING.UNLABELED_DATASET = ""
     # Images per inference batch when pseudo-labelling.
-    _C.SELF_TRAINING.LABEL_BATCH_SIZE = 4
+    _C.MODEL.SELF_TRAINING.LABEL_BATCH_SIZE = 4
+    # Student augmentation of the pseudo stream: "S1" flip + scale jitter 0.8-1.2 crop, "S2" S1 +
+    # AutoAugment, "S3" AutoAugment + scale jitter 0.5-2.0, "S4" RandAugment + 0.5-2.0, "none".
+    _C.INPUT.SELF_TRAINING.AUGMENT = "S1"
+    # Same for the labeled stream; "" = AUGMENT.
+    _C.INPUT.SELF_TRAINING.LABELED_AUGMENT = ""
+    # Side of the square scale-jitter crop (pixels); images are resized then cropped/padded to it.
+    _C.INPUT.SELF_TRAINING.IMAGE_SIZE = 1024
+    # RandAugment (S4): number of ops per image and their shared magnitude (0-10).
+    _C.INPUT.SELF_TRAINING.RANDAUG_N = 2
+    _C.INPUT.SELF_TRAINING.RANDAUG_M = 9
 
 
 def add_detpre_config(cfg):
@@ -349,12 +368,87 @@ def add_detpre_config(cfg):
     return cfg
 
 
+# Keys renamed in detpre 0.1 (old -> new, the most specific first): the old names are still
+# accepted, with a warning, in config files and ``KEY VALUE`` overrides; detpre 0.2 drops them.
+_SELF_TRAINING_INPUT_KEYS = ("AUGMENT", "LABELED_AUGMENT", "IMAGE_SIZE", "RANDAUG_N", "RANDAUG_M")
+RENAMED_KEYS = {
+    **{f"SELF_TRAINING.{k}": f"INPUT.SELF_TRAINING.{k}" for k in _SELF_TRAINING_INPUT_KEYS},
+    "SELF_TRAINING": "MODEL.SELF_TRAINING",
+    "MODEL.MOMENTUM": "MODEL.EMA",
+}
+
+
+def renamed_key(key):
+    """The current name of the full key ``key`` if it is an old one, else None."""
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
+
+
+def _warn_renamed(old, new, where):
+    logging.getLogger(__name__).warning(
+        "%s: config key %s is deprecated, use %s (the old name is accepted until detpre 0.2)",
+        where, old, new)
+
+
+def _leaves(node, prefix):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k, v
+
+
+def translate_renamed(tree, where="config"):
+    """Move the old keys of a loaded config dict (nested, in place) to their new names."""
+    moved = []
+
+    def walk(node, prefix):
+        for k in list(node):
+            key = prefix + k
+            if renamed_key(key) is not None:
+                v = node.pop(k)
+                moved.extend(_leaves(v, key + ".") if isinstance(v, dict) else [(key, v)])
+            elif isinstance(node[k], dict):
+                walk(node[k], key + ".")
+
+    walk(tree, "")
+    for key, value in moved:
+        new = renamed_key(key)
+        _warn_renamed(key, new, where)
+        *parents, leaf = new.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return tree
+
+
+class DetpreCfgNode(CN):
+    """detectron2's ``CfgNode`` that also reads the renamed keys' old names (``RENAMED_KEYS``)."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe=False):
+        return translate_renamed(super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe), filename)
+
+    def merge_from_list(self, cfg_list):
+        cfg_list = list(cfg_list)
+        for i in range(0, len(cfg_list) - 1, 2):
+            new = renamed_key(str(cfg_list[i]))
+            if new is not None:
+                _warn_renamed(cfg_list[i], new, "the command line")
+                cfg_list[i] = new
+        return super().merge_from_list(cfg_list)
+
+
 def get_detpre_cfg(config_file=None, opts=()):
     """detectron2's default config plus every detpre key, then ``config_file`` and ``opts``
-    (``KEY VALUE ...``) merged in, if given."""
+    (``KEY VALUE ...``) merged in, if given. Old names of renamed keys are accepted with a
+    warning (``RENAMED_KEYS``)."""
     from detectron2.config import get_cfg
 
-    cfg = add_detpre_config(get_cfg())
+    cfg = DetpreCfgNode(add_detpre_config(get_cfg()))
     try:
         if config_file:
             cfg.merge_from_file(config_file)

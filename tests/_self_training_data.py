@@ -24,7 +24,7 @@ def tiny_cfg(meta="GeneralizedRCNN", mask=True):
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST, cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 32, 32
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 96
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 96
-    cfg.SELF_TRAINING.IMAGE_SIZE = 64
+    cfg.INPUT.SELF_TRAINING.IMAGE_SIZE = 64
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
     cfg.SEED = 0
     return cfg

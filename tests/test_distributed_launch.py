@@ -198,10 +198,10 @@ def test_reference_world_size_scales_every_recipe_key():
     assert Trainer.auto_scale_workers(jig, 16).MODEL.JIGSAW.ERF_PERIOD == \
         jig.MODEL.JIGSAW.ERF_PERIOD // 2
     st = _cfg("configs/self_training/retinanet_R50_FPN_COCO_student.yaml",
-              **{"SOLVER.REFERENCE_WORLD_SIZE": 8, "SELF_TRAINING.REFRESH_PERIOD": 1000})
+              **{"SOLVER.REFERENCE_WORLD_SIZE": 8, "MODEL.SELF_TRAINING.REFRESH_PERIOD": 1000})
     s = Trainer.auto_scale_workers(st, 4)
-    assert (s.SELF_TRAINING.REFRESH_PERIOD, s.SELF_TRAINING.LOSS_NORM_WARMUP) == \
-        (2000, 2 * st.SELF_TRAINING.LOSS_NORM_WARMUP)
+    assert (s.MODEL.SELF_TRAINING.REFRESH_PERIOD, s.MODEL.SELF_TRAINING.LOSS_NORM_WARMUP) == \
+        (2000, 2 * st.MODEL.SELF_TRAINING.LOSS_NORM_WARMUP)
     # off (0) or already at the reference: the config itself
     plain = _cfg("configs/spcl/spcl_usl_R50_market1501.yaml")
     assert Trainer.auto_scale_workers(plain, 8) is plain

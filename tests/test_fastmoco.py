@@ -201,7 +201,7 @@ def test_fastmoco_config_is_the_official_recipe():
     assert (s.WARMUP_ITERS, s.MAX_ITER, s.WARMUP_FACTOR) == (2502, 250200, 0.25)
     assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
     assert s.CLIP_GRADIENTS.CLIP_VALUE == 1.0
-    assert (cfg.MODEL.MOMENTUM.BASE, cfg.MODEL.MOMENTUM.SCHEDULE) == (0.99, "constant")
+    assert (cfg.MODEL.EMA.BASE, cfg.MODEL.EMA.SCHEDULE) == (0.99, "constant")
     assert cfg.INPUT.TWO_VIEW.AUGMENT == "mocov2" and tuple(cfg.INPUT.TWO_VIEW.SCALE) == (0.2, 1.0)
     model = build_model(cfg)
     assert model.loss_scale == 1.0 and model.temperature == 1.0
@@ -219,7 +219,7 @@ def test_mocov3_config_keeps_moco_v3s_recipe():
     s = cfg.SOLVER
     assert (s.OPTIMIZER, s.IMS_PER_BATCH, s.BASE_LR, s.WEIGHT_DECAY) == ("LARS", 4096, 9.6, 1e-6)
     assert (s.WARMUP_ITERS, s.MAX_ITER) == (3130, 31300) and not s.CLIP_GRADIENTS.ENABLED
-    assert (cfg.MODEL.MOMENTUM.BASE, cfg.MODEL.MOMENTUM.SCHEDULE) == (0.99, "cosine")
+    assert (cfg.MODEL.EMA.BASE, cfg.MODEL.EMA.SCHEDULE) == (0.99, "cosine")
     assert cfg.INPUT.TWO_VIEW.AUGMENT == "byol" and tuple(cfg.INPUT.TWO_VIEW.SCALE) == (0.2, 1.0)
     model = build_model(cfg)
     assert model.loss_scale == 4.0  # 2 tau per direction, summed

@@ -94,3 +94,18 @@ def test_mocov2_views_are_symmetric_fastmoco_recipe_and_byol_views_asymmetric():
     cfg.INPUT.TWO_VIEW.AUGMENT = "simclr"
     with pytest.raises(ValueError, match="AUGMENT"):
         TwoViewMapper(cfg, is_train=True)
+
+
+def test_one_crop_sampler_serves_every_mapper():
+    from detpre.data.mappers import reid, soco
+    from detpre.data.transforms import resized_crop
+
+    assert soco.sample_crop is reid.sample_crop is resized_crop.sample_crop
+    np.random.seed(0)
+    for _ in range(50):
+        x0, y0, x1, y1 = resized_crop.sample_crop(30, 50, (0.2, 1.0))
+        assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 30
+        assert 0.2 * 1500 * 0.8 <= (x1 - x0) * (y1 - y0) <= 1500
+    # nothing fits: torchvision's central crop with the aspect ratio clamped into range
+    assert resized_crop.sample_crop(10, 40, (1.0, 1.0), (1.0, 1.0)) == (15, 0, 25, 10)
+    assert resized_crop.sample_crop(40, 10, (1.0, 1.0), (0.5, 1.0)) == (0, 10, 10, 30)

@@ -8,7 +8,7 @@ from detpre.utils.io import atomic_open, write_json_atomic
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "out.json"
-    write_json_atomic({"a": 1}, str(path))
+    write_json_atomic(str(path), {"a": 1})
     with pytest.raises(RuntimeError):
         with atomic_open(str(path), "w") as f:
             f.write("{partial")

@@ -50,3 +50,25 @@ def test_dropped_sample_is_replaced_deterministically():
     dicts = [{"id": i} for i in range(4)]
     ds = SeededMapDataset(dicts, lambda d: None if d["id"] == 1 else d["id"], seed=0)
     assert ds[(3, 1)] == 2 and ds[(3, 1)] == ds[(3, 1)]
+
+
+def test_mapping_a_sample_leaves_the_process_random_streams_alone():
+    import random
+
+    import numpy as np
+    import torch
+
+    def mapper(d):
+        return (np.random.rand(), random.random(), torch.rand(1).item())
+
+    ds = SeededMapDataset([{"id": i} for i in range(4)], mapper, seed=3)
+    np.random.seed(11)
+    random.seed(11)
+    torch.manual_seed(11)
+    expected = (np.random.rand(), random.random(), torch.rand(1).item())
+    np.random.seed(11)
+    random.seed(11)
+    torch.manual_seed(11)
+    first = ds[(5, 1)]
+    assert (np.random.rand(), random.random(), torch.rand(1).item()) == expected  # untouched
+    assert ds[(5, 1)] == first != ds[(6, 1)]  # seeded by position, torch's generator included

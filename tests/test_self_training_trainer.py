@@ -32,12 +32,12 @@ def test_student_trains_refreshes_and_exports(tmp_path):
     label_images(cfg, unl, pl, model=teacher, score_threshold=0.2, progress=False)
     register_coco(f"st_pl_{tag}", pl, json.load(open(pl))["info"]["image_root"])
 
-    cfg.SELF_TRAINING.ENABLED = True
-    cfg.SELF_TRAINING.PSEUDO_DATASETS = (f"st_pl_{tag}",)
-    cfg.SELF_TRAINING.AUGMENT = "S3"
-    cfg.SELF_TRAINING.UNLABELED_DATASET = f"st_unl_{tag}"
-    cfg.SELF_TRAINING.REFRESH_PERIOD = 2
-    cfg.SELF_TRAINING.SCORE_THRESHOLD = 0.2
+    cfg.MODEL.SELF_TRAINING.ENABLED = True
+    cfg.MODEL.SELF_TRAINING.PSEUDO_DATASETS = (f"st_pl_{tag}",)
+    cfg.INPUT.SELF_TRAINING.AUGMENT = "S3"
+    cfg.MODEL.SELF_TRAINING.UNLABELED_DATASET = f"st_unl_{tag}"
+    cfg.MODEL.SELF_TRAINING.REFRESH_PERIOD = 2
+    cfg.MODEL.SELF_TRAINING.SCORE_THRESHOLD = 0.2
     cfg.DETPRE.HOOKS = ["PseudoLabel"]
     cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
     cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR = 2, 3, 0.001

@@ -116,7 +116,7 @@ def _write_object(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["rect", "triangle"])
 def test_mapper_boxes_frame_objects_after_each_level(tmp_path, level, kind):
     cfg = get_detpre_cfg()
-    cfg.MODEL.MASK_ON, cfg.INPUT.FORMAT, cfg.SELF_TRAINING.IMAGE_SIZE = True, "RGB", 96
+    cfg.MODEL.MASK_ON, cfg.INPUT.FORMAT, cfg.INPUT.SELF_TRAINING.IMAGE_SIZE = True, "RGB", 96
     mapper = StrongAugMapper(cfg, True, level=level)
     d = _write_object(tmp_path, kind)
     seen = 0
@@ -137,7 +137,7 @@ def test_mapper_boxes_frame_objects_after_each_level(tmp_path, level, kind):
 
 def test_mapper_without_masks_keeps_box_on_object(tmp_path):
     cfg = get_detpre_cfg()
-    cfg.MODEL.MASK_ON, cfg.INPUT.FORMAT, cfg.SELF_TRAINING.IMAGE_SIZE = False, "RGB", 96
+    cfg.MODEL.MASK_ON, cfg.INPUT.FORMAT, cfg.INPUT.SELF_TRAINING.IMAGE_SIZE = False, "RGB", 96
     mapper = StrongAugMapper(cfg, True, level="S1")
     d = _write_object(tmp_path, "rect")
     for seed in range(6):
@@ -155,7 +155,7 @@ def test_mapper_without_masks_keeps_box_on_object(tmp_path):
 @pytest.mark.parametrize("level", ["S1", "S3"])
 def test_mapper_accepts_images_without_annotations(tmp_path, level):
     cfg = get_detpre_cfg()
-    cfg.MODEL.MASK_ON, cfg.INPUT.FORMAT, cfg.SELF_TRAINING.IMAGE_SIZE = True, "RGB", 96
+    cfg.MODEL.MASK_ON, cfg.INPUT.FORMAT, cfg.INPUT.SELF_TRAINING.IMAGE_SIZE = True, "RGB", 96
     d = _write_object(tmp_path, "rect")
     d.pop("sem_seg_file_name")
     np.random.seed(0)

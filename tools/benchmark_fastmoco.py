@@ -15,8 +15,8 @@ from detectron2.utils.logger import setup_logger
 
 import detpre  # noqa: F401  (registers every component)
 from detpre.config import get_detpre_cfg
-from detpre.engine.fastmoco_benchmark import compare, format_table
-from detpre.evaluation.backbone_probe import write_json
+from detpre.benchmarks.fastmoco import compare, format_table
+from detpre.utils.io import write_json_atomic
 
 
 def _cfg(path, opts):
@@ -47,7 +47,7 @@ def main():
                    probe=not args.no_probe, synthetic=args.synthetic)
     print(format_table(rows, args.iters, cfg.SOLVER.IMS_PER_BATCH))
     if args.output:
-        write_json(rows, args.output)
+        write_json_atomic(args.output, rows, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Time a pretraining iteration of any detpre method, split into data loading, forward + backward +
-optimizer step and each DETPRE.HOOKS hook (momentum update, ...), with images/s and peak memory:
+optimizer step and each hook (momentum update, LR scheduler, ...), with images/s and peak memory:
 
     python tools/benchmark_pretrain.py --config-file configs/demo/soco_R18_FPN_tiny.yaml --iters 20
 
@@ -11,8 +11,8 @@ import argparse
 
 import detpre  # noqa: F401  (registers every component)
 from detpre.config import get_detpre_cfg
+from detpre.benchmarks.pretrain import benchmark_pretrain, format_benchmark
 from detpre.utils.io import write_json_atomic
-from detpre.engine.pretrain_benchmark import benchmark_pretrain, format_benchmark
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
     result = benchmark_pretrain(cfg, args.iters, args.warmup)
     print(format_benchmark(result))
     if args.output:
-        write_json_atomic(result, args.output, indent=1)
+        write_json_atomic(args.output, result, indent=1)
 
 
 if __name__ == "__main__":

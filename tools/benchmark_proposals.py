@@ -32,7 +32,7 @@ def main(argv=None):
 
     from detpre import get_detpre_cfg
     from detpre.data.datasets import register_from_config
-    from detpre.data.proposals.benchmark import benchmark_backends
+    from detpre.benchmarks.proposals import benchmark_backends
 
     cv2.setNumThreads(1)
     cfg = get_detpre_cfg()

@@ -17,7 +17,7 @@ from tabulate import tabulate
 import detpre  # noqa: F401
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
-from detpre.pseudo_labels.benchmark import benchmark_pseudo_labelling
+from detpre.benchmarks.pseudo_labels import benchmark_pseudo_labelling
 from detpre.pseudo_labels.teacher import teacher_config
 
 
@@ -34,7 +34,7 @@ def main():
     a = p.parse_args()
     cfg = get_detpre_cfg(a.config_file, a.opts)
     register_from_config(cfg)
-    cfg = teacher_config(cfg, cfg.SELF_TRAINING.SCORE_THRESHOLD)
+    cfg = teacher_config(cfg, cfg.MODEL.SELF_TRAINING.SCORE_THRESHOLD)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if a.weights:

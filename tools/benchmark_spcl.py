@@ -7,7 +7,8 @@ memory against the number of target features (sparse, and dense N x N where it f
 """
 import argparse
 
-from detpre.clustering.benchmark import format_table, run_clustering, time_memory_step
+from detpre.benchmarks import markdown_table as format_table
+from detpre.benchmarks.clustering import run_clustering, time_memory_step
 
 
 def main():

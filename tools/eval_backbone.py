@@ -17,7 +17,8 @@ from detectron2.data import DatasetCatalog
 import detpre  # noqa: F401  (registers every component)
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
-from detpre.evaluation.backbone_probe import evaluate_backbone, write_json
+from detpre.evaluation.backbone_probe import evaluate_backbone
+from detpre.utils.io import write_json_atomic
 
 
 def main():
@@ -46,7 +47,7 @@ def main():
         )
     print(json.dumps(res, indent=2))
     if args.output:
-        write_json(res, args.output)
+        write_json_atomic(args.output, res, indent=2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Pseudo-label an unlabeled data set (or image folder) with a trained detector (th
         --output output/demo/pseudo/detpre_demo_unlabeled.json [--threshold 0.5] [--tta]
 
 Resumes after a kill (re-run the same command); prints the DATASETS.COCO entry that registers
-the json for a student config (SELF_TRAINING.PSEUDO_DATASETS).
+the json for a student config (MODEL.SELF_TRAINING.PSEUDO_DATASETS).
 """
 import argparse
 import logging
@@ -29,7 +29,7 @@ def parse_args():
     src.add_argument("--dataset", help="a registered data set (config DATASETS.*, demo, detectron2 builtins)")
     src.add_argument("--image-dir", help="a folder of images (searched recursively)")
     p.add_argument("--output", required=True, help="COCO json to write")
-    p.add_argument("--threshold", type=float, default=None, help="score threshold (default SELF_TRAINING.SCORE_THRESHOLD = 0.5)")
+    p.add_argument("--threshold", type=float, default=None, help="score threshold (default MODEL.SELF_TRAINING.SCORE_THRESHOLD = 0.5)")
     p.add_argument("--class-thresholds", default=None, help="comma-separated per-class thresholds, class order")
     p.add_argument("--batch-size", type=int, default=None, help="images per inference batch")
     p.add_argument("--chunk-size", type=int, default=None, help="images per resumable chunk")
@@ -58,7 +58,7 @@ def main():
         tta_flip=not args.no_tta_flip, num_workers=args.num_workers)
     logging.getLogger("detpre").info(
         "%d pseudo-labels on %d images. Register it in a student config with\n"
-        "  DATASETS.COCO: [[\"my_pseudo\", \"%s\", \"%s\"]]\n  SELF_TRAINING.PSEUDO_DATASETS: (\"my_pseudo\",)",
+        "  DATASETS.COCO: [[\"my_pseudo\", \"%s\", \"%s\"]]\n  MODEL.SELF_TRAINING.PSEUDO_DATASETS: (\"my_pseudo\",)",
         summary["annotations"], summary["images"], summary["output"], summary["image_root"])
 
 

@@ -26,7 +26,7 @@ def main():
     p.add_argument("--output", required=True)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--teacher-weights", default=None, help="skip teacher training, use these weights")
-    p.add_argument("--unlabeled", default=None, help="registered unlabeled data set (default SELF_TRAINING.UNLABELED_DATASET)")
+    p.add_argument("--unlabeled", default=None, help="registered unlabeled data set (default MODEL.SELF_TRAINING.UNLABELED_DATASET)")
     p.add_argument("--student-from-teacher", action="store_true",
                    help="initialize each student with its teacher's weights (default: the student config's MODEL.WEIGHTS)")
     p.add_argument("--threshold", type=float, default=None)
@@ -44,7 +44,7 @@ def main():
                       label_kwargs={"score_threshold": a.threshold, "tta": a.tta})
     table = format_rows(rows)
     print("\n" + table)
-    write_json_atomic(rows, os.path.join(a.output, "results.json"), indent=1)
+    write_json_atomic(os.path.join(a.output, "results.json"), rows, indent=1)
 
 
 if __name__ == "__main__":

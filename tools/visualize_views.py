@@ -16,6 +16,7 @@ from detpre.config import get_detpre_cfg
 from detpre.data.build import train_dataset_dicts
 from detpre.data.datasets import register_from_config
 from detpre.data.mappers import build_mapper
+from detpre.method import declared_mapper
 from detpre.utils.view_vis import draw_views, save_png
 
 
@@ -36,7 +37,7 @@ def main():
     random.seed(args.seed)
     sample = build_mapper(cfg, is_train=True)(dicts[args.index])
     if "view_boxes" not in sample:
-        raise SystemExit(f"DATALOADER.MAPPER={cfg.DATALOADER.MAPPER!r} gives no 'views'/'view_boxes' to draw")
+        raise SystemExit(f"the mapper {declared_mapper(cfg) or 'DatasetMapper'} gives no 'views'/'view_boxes' to draw")
     save_png(draw_views(sample["views"], sample["view_boxes"], cfg.INPUT.FORMAT), args.output)
     print(f"{sample['file_name']}: {len(sample['views'])} views, {len(sample['view_boxes'][0])} "
           f"proposals each -> {args.output}")

@@ -19,6 +19,7 @@ from detectron2.data.build import filter_images_with_few_keypoints, filter_image
 from detectron2.data.detection_utils import check_metadata_consistency
 
 from detpre.errors import DetpreError
+from detpre.method import declared_mapper
 
 from .checks import check_training_images
 from .image_io import DEFAULT_MAX_BAD_FRACTION, BadImageLog
@@ -44,7 +45,7 @@ class ResumableLoader:
         self.bad_images = BadImageLog(len(dataset), max_bad_fraction)
 
     def set_start_iter(self, start_iter):
-        self.sampler.start = start_iter * (self.total_batch_size // self.sampler._world)
+        self.sampler.set_start_iter(start_iter, self.total_batch_size)
 
     def __iter__(self):
         for batch in build_batch_data_loader(
@@ -137,5 +138,5 @@ def _build_identity_balanced_loader(cfg, mapper):
 
 
 def build_test_loader(cfg, dataset_name):
-    mapper = build_mapper(cfg, is_train=False) if cfg.DATALOADER.MAPPER else None
+    mapper = build_mapper(cfg, is_train=False) if declared_mapper(cfg) else None
     return build_detection_test_loader(cfg, dataset_name, mapper=mapper)

@@ -4,9 +4,11 @@ A training stream that ``--resume`` continues where it stopped.
 detectron2 v0.6 restarts its sampler from the beginning on resume and seeds augmentation per
 worker, so a resumed run sees other samples and other augmentations than an uninterrupted one.
 Here every sample carries its position in the stream: the position picks the index (detectron2's
-``TrainingSampler`` order) and seeds the mapper's ``np.random``/``random``, so a run resumed at
-iteration ``i`` maps exactly what the uninterrupted run mapped from iteration ``i`` on.
+``TrainingSampler`` order) and seeds the mapper's ``np.random``/``random``/torch generator for
+that call only (``seeded_rngs``), so a run resumed at iteration ``i`` maps exactly what the
+uninterrupted run mapped from iteration ``i`` on.
 """
+import contextlib
 import itertools
 import random
 
@@ -17,12 +19,30 @@ from torch.utils.data import Dataset, Sampler
 
 from .image_io import BAD_IMAGES_KEY, bad_image_of
 
-__all__ = ["ResumableTrainingSampler", "SeededMapDataset", "IdentityBalancedSampler", "sample_seed"]
+__all__ = ["ResumableTrainingSampler", "SeededMapDataset", "IdentityBalancedSampler", "sample_seed",
+           "seeded_rngs"]
 
 
 def sample_seed(seed, position):
     """The RNG seed of the sample at global ``position`` of a stream seeded with ``seed``."""
     return (int(seed) * 1_000_003 + int(position) * 7_919 + 17) % (2**32)
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed):
+    """Inside the block ``np.random``, ``random`` and torch's default (CPU) generator are seeded
+    with ``seed``; after it each is back in the state it had, so mapping a sample leaves the
+    process's own random streams (the trainer's, with 0 workers) as they were."""
+    saved = np.random.get_state(), random.getstate(), torch.random.default_generator.get_state()
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved[0])
+        random.setstate(saved[1])
+        torch.random.default_generator.set_state(saved[2])
 
 
 class ResumableTrainingSampler(Sampler):
@@ -39,6 +59,11 @@ class ResumableTrainingSampler(Sampler):
         self.seed = int(comm.shared_random_seed() if seed is None or seed < 0 else seed)
         self._rank, self._world = comm.get_rank(), comm.get_world_size()
         self.start = 0
+
+    def set_start_iter(self, start_iter, total_batch_size):
+        """Continue at training iteration ``start_iter`` of batches of ``total_batch_size``
+        (over all processes): skip this process's share of the samples before it."""
+        self.start = int(start_iter) * (int(total_batch_size) // self._world)
 
     def _infinite_indices(self):
         g = torch.Generator()
@@ -57,7 +82,8 @@ class ResumableTrainingSampler(Sampler):
 
 
 class SeededMapDataset(Dataset):
-    """``dataset[(position, index)]`` = ``mapper(dataset[index])`` with the RNGs seeded by position.
+    """``dataset[(position, index)]`` = ``mapper(dataset[index])`` with the RNGs seeded by position
+    for the call (``seeded_rngs``).
     A sample the mapper drops (returns None) or whose image cannot be read (``OSError``) is
     replaced by the next index, deterministically; the unreadable files ride along in the sample
     under ``BAD_IMAGES_KEY`` for the loader's ``BadImageLog``."""
@@ -73,12 +99,10 @@ class SeededMapDataset(Dataset):
         bad = []
         # at least a few tries: a mapper that draws other images too (jigsaw) may fail on any index
         for attempt in range(max(len(self.dataset), 16)):
-            s = sample_seed(self.seed, position) + attempt
-            np.random.seed(s % 2**32)
-            random.seed(s)
             record = self.dataset[(idx + attempt) % len(self.dataset)]
             try:
-                out = self.mapper(record)
+                with seeded_rngs(sample_seed(self.seed, position) + attempt):
+                    out = self.mapper(record)
             except OSError as e:  # missing / truncated / not an image
                 bad.append(bad_image_of(e, record))
                 continue

@@ -27,7 +27,7 @@ def split_batch(total, ratio):
     if total < 2:
         raise ValueError(f"SOLVER.IMS_PER_BATCH={total}: self-training needs >= 2 (both streams)")
     if not ratio > 0:
-        raise ValueError(f"SELF_TRAINING.PSEUDO_RATIO={ratio}: must be positive")
+        raise ValueError(f"MODEL.SELF_TRAINING.PSEUDO_RATIO={ratio}: must be positive")
     n_pseudo = int(round(total * ratio / (1.0 + ratio)))
     n_pseudo = min(max(n_pseudo, 1), total - 1)
     return total - n_pseudo, n_pseudo
@@ -92,27 +92,27 @@ class TwoStreamLoader:
 
 def pseudo_dataset_dicts(names, filter_empty):
     if not names:
-        raise ValueError("SELF_TRAINING.ENABLED but SELF_TRAINING.PSEUDO_DATASETS is empty: name "
+        raise ValueError("MODEL.SELF_TRAINING.ENABLED but MODEL.SELF_TRAINING.PSEUDO_DATASETS is empty: name "
                          "the registered pseudo-labeled data set(s) (tools/generate_pseudo_labels.py)")
     return get_detection_dataset_dicts(list(names), filter_empty=filter_empty)
 
 
 def build_self_training_loader(cfg, labeled_mapper=None, pseudo_mapper=None):
     """
-    The two-stream loader of a ``SELF_TRAINING.ENABLED`` config: DATASETS.TRAIN (labeled) and
-    SELF_TRAINING.PSEUDO_DATASETS, mapped by ``StrongAugMapper`` at LABELED_AUGMENT / AUGMENT.
+    The two-stream loader of a ``MODEL.SELF_TRAINING.ENABLED`` config: DATASETS.TRAIN (labeled) and
+    MODEL.SELF_TRAINING.PSEUDO_DATASETS, mapped by ``StrongAugMapper`` at INPUT.SELF_TRAINING.LABELED_AUGMENT / AUGMENT.
     """
     from .mappers.self_training import StrongAugMapper
 
-    st = cfg.SELF_TRAINING
+    st, aug = cfg.MODEL.SELF_TRAINING, cfg.INPUT.SELF_TRAINING
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         logging.getLogger(__name__).warning(
             "self-training uses its own resumable TrainingSampler; DATALOADER.SAMPLER_TRAIN=%s "
             "is ignored", cfg.DATALOADER.SAMPLER_TRAIN)
     n_lab, n_pse = split_batch(cfg.SOLVER.IMS_PER_BATCH, st.PSEUDO_RATIO)
     labeled_mapper = labeled_mapper or StrongAugMapper(
-        cfg, True, level=st.LABELED_AUGMENT or st.AUGMENT)
-    pseudo_mapper = pseudo_mapper or StrongAugMapper(cfg, True, level=st.AUGMENT)
+        cfg, True, level=aug.LABELED_AUGMENT or aug.AUGMENT)
+    pseudo_mapper = pseudo_mapper or StrongAugMapper(cfg, True, level=aug.AUGMENT)
     seed_p = cfg.SEED + _PSEUDO_SEED_OFFSET if cfg.SEED >= 0 else None
     common = dict(grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING, num_workers=cfg.DATALOADER.NUM_WORKERS)
     labeled = _Stream(train_dataset_dicts(cfg), labeled_mapper, n_lab, cfg.SEED, **common)

@@ -10,12 +10,14 @@ from detectron2.utils import comm
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
 from detpre.errors import DetpreError
+from detpre.registry import TRAINER_REGISTRY
 from detpre.utils.checkpoint_io import checkpoint_candidates
 
+from . import self_training  # noqa: F401  (registers SelfTrainingTrainer)
 from .checkpointer import DetpreCheckpointer
 from .trainer import Trainer
 
-__all__ = ["setup", "main", "check_output_dir", "check_weights"]
+__all__ = ["setup", "main", "check_output_dir", "check_weights", "trainer_class"]
 
 
 def check_output_dir(path):
@@ -53,12 +55,12 @@ def setup(args):
 
 
 def trainer_class(cfg):
-    """The student of self-training needs its own step (two streams, normalized loss)."""
-    if cfg.SELF_TRAINING.ENABLED:
-        from .self_training import SelfTrainingTrainer
-
-        return SelfTrainingTrainer
-    return Trainer
+    """The registered trainer that ``applies_to(cfg)`` (e.g. the self-training student, which
+    needs its own step), else ``Trainer``."""
+    found = [cls for _, cls in TRAINER_REGISTRY if cls.applies_to(cfg)]
+    if len(found) > 1:
+        raise DetpreError(f"the config fits several trainers ({', '.join(c.__name__ for c in found)})")
+    return found[0] if found else Trainer
 
 
 def main(args, trainer_cls=None):

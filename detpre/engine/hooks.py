@@ -1,6 +1,7 @@
 """
-Hooks for what happens between steps. Each is registered in ``HOOK_REGISTRY`` and listed by name
-in ``DETPRE.HOOKS``; ``Trainer.build_hooks`` builds it as ``Hook(cfg, trainer)``.
+Hooks for what happens between steps. Each is registered in ``HOOK_REGISTRY`` and named by the
+meta-architecture that needs it (``required_hooks``, see ``detpre.method``) or in ``DETPRE.HOOKS``;
+``Trainer.build_hooks`` builds it as ``Hook(cfg, trainer)``.
 """
 from detectron2.config import configurable
 from detectron2.engine import HookBase
@@ -31,10 +32,10 @@ class MomentumUpdate(HookBase):
     @classmethod
     def from_config(cls, cfg, trainer=None):
         return {
-            "base": cfg.MODEL.MOMENTUM.BASE,
-            "end": cfg.MODEL.MOMENTUM.END,
+            "base": cfg.MODEL.EMA.BASE,
+            "end": cfg.MODEL.EMA.END,
             "max_iter": cfg.SOLVER.MAX_ITER,
-            "schedule": cfg.MODEL.MOMENTUM.SCHEDULE,
+            "schedule": cfg.MODEL.EMA.SCHEDULE,
         }
 
     def momentum(self, it):

@@ -7,7 +7,7 @@ two-stream loader) and optimizes the paper's normalized loss
 
 where L_h, L_p are the total detection losses of the human- and pseudo-labeled images of the
 step, avg(.) their moving averages over training and ``a`` the pseudo-label loss weight
-(SELF_TRAINING.PSEUDO_LOSS_WEIGHT). The ratio of averages rescales the pseudo loss to the human
+(MODEL.SELF_TRAINING.PSEUDO_LOSS_WEIGHT). The ratio of averages rescales the pseudo loss to the human
 loss's magnitude, so the balance between the streams is set by ``a`` alone, whatever the
 threshold/augmentation do to the pseudo loss's scale. With LOSS_NORM off, L = L_h + a * L_p.
 
@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from detpre.data.self_training import build_self_training_loader
+from detpre.registry import TRAINER_REGISTRY
 
 from . import self_training_hooks  # noqa: F401  (registers the PseudoLabel hook)
 from .amp import AMPStep, MixedPrecision
@@ -143,14 +144,19 @@ class SelfTrainingStep(AMPStep):
 
 
 
+@TRAINER_REGISTRY.register()
 class SelfTrainingTrainer(Trainer):
     """detpre's ``Trainer`` for the student: two-stream loader + ``SelfTrainingStep``."""
 
+    @classmethod
+    def applies_to(cls, cfg):
+        return bool(cfg.MODEL.SELF_TRAINING.ENABLED)
+
     def __init__(self, cfg):
-        if not cfg.SELF_TRAINING.ENABLED:
-            raise ValueError("SelfTrainingTrainer needs SELF_TRAINING.ENABLED: True")
+        if not cfg.MODEL.SELF_TRAINING.ENABLED:
+            raise ValueError("SelfTrainingTrainer needs MODEL.SELF_TRAINING.ENABLED: True")
         super().__init__(cfg)
-        st = self.cfg.SELF_TRAINING  # scaled by auto_scale_workers
+        st = self.cfg.MODEL.SELF_TRAINING  # scaled by auto_scale_workers
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
         base = self._trainer

@@ -18,6 +18,7 @@ from detpre.pseudo_labels import label_images
 from detpre.registry import HOOK_REGISTRY
 
 from .hooks import unwrap_model
+from .internals import inner_trainer
 
 __all__ = ["PseudoLabel"]
 
@@ -29,9 +30,9 @@ class PseudoLabel(HookBase):
     @configurable
     def __init__(self, *, cfg, period, unlabeled_dataset, output_dir, filter_empty=True):
         if period <= 0:
-            raise ValueError(f"SELF_TRAINING.REFRESH_PERIOD={period}: must be positive with the PseudoLabel hook")
+            raise ValueError(f"MODEL.SELF_TRAINING.REFRESH_PERIOD={period}: must be positive with the PseudoLabel hook")
         if unlabeled_dataset not in DatasetCatalog.list():
-            raise KeyError(f"SELF_TRAINING.UNLABELED_DATASET={unlabeled_dataset!r} is not a registered "
+            raise KeyError(f"MODEL.SELF_TRAINING.UNLABELED_DATASET={unlabeled_dataset!r} is not a registered "
                            "data set; register it (e.g. DATASETS.FOLDER) or fix the name")
         self.cfg, self.period, self.dataset = cfg, int(period), unlabeled_dataset
         self.output_dir, self.filter_empty = output_dir, filter_empty
@@ -39,15 +40,15 @@ class PseudoLabel(HookBase):
 
     @classmethod
     def from_config(cls, cfg, trainer=None):
-        return {"cfg": cfg, "period": cfg.SELF_TRAINING.REFRESH_PERIOD,
-                "unlabeled_dataset": cfg.SELF_TRAINING.UNLABELED_DATASET,
+        return {"cfg": cfg, "period": cfg.MODEL.SELF_TRAINING.REFRESH_PERIOD,
+                "unlabeled_dataset": cfg.MODEL.SELF_TRAINING.UNLABELED_DATASET,
                 "output_dir": os.path.join(cfg.OUTPUT_DIR, "pseudo_labels"),
                 "filter_empty": cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS}
 
     def _loader(self):
-        loader = self.trainer._trainer.data_loader
+        loader = inner_trainer(self.trainer).data_loader
         if not hasattr(loader, "refresh_pseudo"):
-            raise TypeError("the PseudoLabel hook needs the self-training loader (SELF_TRAINING.ENABLED)")
+            raise TypeError("the PseudoLabel hook needs the self-training loader (MODEL.SELF_TRAINING.ENABLED)")
         return loader
 
     def _switch(self, path):

@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from detpre.data.build import build_test_loader, build_train_loader
 from detpre.data.transforms.batched_views import maybe_gpu_augment
 from detpre.evaluation import build_evaluator
+from detpre.method import declared_hooks
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
 
@@ -39,7 +40,7 @@ class _RunInfo:
 class Trainer(DefaultTrainer):
     # detpre's schedule keys counted in iterations: scaled with MAX_ITER by auto_scale_workers
     ITERATION_KEYS = ("MODEL.SPCL.CLUSTER_PERIOD", "MODEL.JIGSAW.ERF_PERIOD",
-                      "SELF_TRAINING.REFRESH_PERIOD", "SELF_TRAINING.LOSS_NORM_WARMUP")
+                      "MODEL.SELF_TRAINING.REFRESH_PERIOD", "MODEL.SELF_TRAINING.LOSS_NORM_WARMUP")
 
     def __init__(self, cfg):
         # DefaultTrainer calls DefaultTrainer.auto_scale_workers, which misses detpre's keys;
@@ -136,7 +137,8 @@ class Trainer(DefaultTrainer):
         ret = super().build_hooks()
         # progress a person can follow: also write every ~20 s, not only every 20 iterations
         ret = [TimedPeriodicWriter(h._writers, h._period) if type(h) is hooks.PeriodicWriter else h for h in ret]
-        extra = [HOOK_REGISTRY.get(name)(self.cfg, self) for name in self.cfg.DETPRE.HOOKS]
+        # DETPRE.HOOKS plus what the meta-architecture declares (detpre.method)
+        extra = [HOOK_REGISTRY.get(name)(self.cfg, self) for name in declared_hooks(self.cfg)]
         # before checkpointing, so a saved checkpoint includes this step's extra updates
         at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)),
                   len(ret))

@@ -22,7 +22,7 @@ from detpre.utils.io import write_json_atomic
 
 __all__ = [
     "extract_crops", "read_backbone_weights", "build_probe_backbone", "extract_features",
-    "knn_predict", "linear_probe", "evaluate_backbone", "write_json",
+    "knn_predict", "linear_probe", "evaluate_backbone",
 ]
 
 PREFIX = "backbone.bottom_up."
@@ -179,7 +179,3 @@ def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=20,
     logging.getLogger(__name__).info("backbone probe: %s", res)
     return res
 
-
-def write_json(obj, path):
-    """Write ``obj`` as JSON to a temporary name in the same folder, then rename (atomic)."""
-    write_json_atomic(obj, path, indent=2)

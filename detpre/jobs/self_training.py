@@ -66,7 +66,7 @@ def _evaluate(cfg, weights, trained_here=False):
     logger.info("Evaluating weights: %s", weights)
     res = Trainer.test(cfg, model)
     flat = {f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}
-    write_json_atomic(flat, cache)
+    write_json_atomic(cache, flat)
     return flat
 
 
@@ -86,9 +86,9 @@ def self_train(teacher_config, student_config, output_dir, *, rounds=1, teacher_
     rows = [{"model": "teacher", "weights": teacher_weights, **_evaluate(tcfg, teacher_weights, trained)}]
 
     scfg0 = get_detpre_cfg(student_config, student_opts)
-    unlabeled = unlabeled_dataset or scfg0.SELF_TRAINING.UNLABELED_DATASET
+    unlabeled = unlabeled_dataset or scfg0.MODEL.SELF_TRAINING.UNLABELED_DATASET
     if not unlabeled:
-        raise ValueError("no unlabeled data set: set SELF_TRAINING.UNLABELED_DATASET in the student "
+        raise ValueError("no unlabeled data set: set MODEL.SELF_TRAINING.UNLABELED_DATASET in the student "
                          "config or pass --unlabeled")
     register_from_config(scfg0)
     dicts = DatasetCatalog.get(unlabeled)
@@ -102,8 +102,8 @@ def self_train(teacher_config, student_config, output_dir, *, rounds=1, teacher_
             root = json.load(f)["info"]["image_root"]
         name = "detpre_self_training_" + hashlib.sha1(os.path.abspath(pl).encode()).hexdigest()[:8]
         register_coco(name, pl, root, source=f"round {r} pseudo-labels")
-        opts = ["SELF_TRAINING.ENABLED", True, "SELF_TRAINING.PSEUDO_DATASETS", (name,),
-                "SELF_TRAINING.UNLABELED_DATASET", unlabeled, "OUTPUT_DIR", os.path.join(rdir, "student")]
+        opts = ["MODEL.SELF_TRAINING.ENABLED", True, "MODEL.SELF_TRAINING.PSEUDO_DATASETS", (name,),
+                "MODEL.SELF_TRAINING.UNLABELED_DATASET", unlabeled, "OUTPUT_DIR", os.path.join(rdir, "student")]
         if student_from_teacher:
             opts += ["MODEL.WEIGHTS", teacher_weights]
         scfg = get_detpre_cfg(student_config, list(student_opts) + opts)

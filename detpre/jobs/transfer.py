@@ -45,10 +45,10 @@ def calibrated_iters(cfg, budget_s, cache, calibration_iters=20):
     import json
 
     if not os.path.isfile(cache):
-        from detpre.engine.pretrain_benchmark import benchmark_pretrain
+        from detpre.benchmarks.pretrain import benchmark_pretrain
 
-        write_json_atomic(benchmark_pretrain(cfg, iters=calibration_iters,
-                                             warmup=min(3, calibration_iters - 1)), cache, indent=1)
+        write_json_atomic(cache, benchmark_pretrain(cfg, iters=calibration_iters,
+                                                    warmup=min(3, calibration_iters - 1)), indent=1)
     with open(cache) as f:
         spi = json.load(f)["iteration_s"]
     return max(1, int(math.floor(budget_s / spi)))
@@ -127,5 +127,5 @@ def run_transfer(methods, finetune_config, output_dir, seeds=(0, 1, 2), jobs=2, 
         r["summary"] = _summary(r["finetune"], baseline)
     result = {"finetune_config": finetune_config, "finetune_opts": list(finetune_opts), "seeds": seeds,
               "budget_s": budget_s, "probe_datasets": [train_set, test_set], "rows": rows}
-    write_json_atomic(result, os.path.join(output_dir, "benchmark_transfer.json"), indent=1)
+    write_json_atomic(os.path.join(output_dir, "benchmark_transfer.json"), result, indent=1)
     return result

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detpre.registry import MEMORY_REGISTRY
 from detpre.utils.dist import concat_all_gather
 
 __all__ = ["HybridMemory", "unified_contrastive_loss"]
@@ -64,7 +63,6 @@ class _MemoryMatmul(torch.autograd.Function):
         return grad_in, None, None
 
 
-@MEMORY_REGISTRY.register()
 class HybridMemory(nn.Module):
     """No trainable parameters; ``features``/``labels`` are buffers, so they are checkpointed."""
 

@@ -11,13 +11,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MomentumTarget", "momentum_at", "get_submodule"]
-
-
-def get_submodule(module, path):
-    for name in path.split("."):
-        module = getattr(module, name)
-    return module
+__all__ = ["MomentumTarget", "momentum_at"]
 
 
 class MomentumTarget(nn.Module):
@@ -38,14 +32,14 @@ class MomentumTarget(nn.Module):
                 if not hasattr(parent, name):
                     parent.add_module(name, nn.Module())
                 parent = getattr(parent, name)
-            parent.add_module(leaf, copy.deepcopy(get_submodule(model, path)))
+            parent.add_module(leaf, copy.deepcopy(model.get_submodule(path)))
         self.requires_grad_(False)
 
     def _pairs(self, model):
         online, target = [], []
         for path in self.paths:
-            o = list(get_submodule(model, path).parameters())
-            t = list(get_submodule(self, path).parameters())
+            o = list(model.get_submodule(path).parameters())
+            t = list(self.get_submodule(path).parameters())
             assert len(o) == len(t), f"online and target '{path}' differ in structure"
             online += o
             target += t
@@ -63,7 +57,7 @@ class MomentumTarget(nn.Module):
         ``MODEL.WEIGHTS`` loaded only the online keys)."""
         self.update(model, 0.0)
         for path in self.paths:
-            for t, o in zip(get_submodule(self, path).buffers(), get_submodule(model, path).buffers()):
+            for t, o in zip(self.get_submodule(path).buffers(), model.get_submodule(path).buffers()):
                 t.copy_(o)
 
 
@@ -75,6 +69,6 @@ def momentum_at(it, max_iter, base, end=1.0, schedule="cosine"):
     if schedule == "constant" or max_iter <= 0:
         return base
     if schedule != "cosine":
-        raise ValueError(f"MODEL.MOMENTUM.SCHEDULE={schedule!r}: use 'cosine' or 'constant'")
+        raise ValueError(f"MODEL.EMA.SCHEDULE={schedule!r}: use 'cosine' or 'constant'")
     t = min(max(it / max_iter, 0.0), 1.0)
     return end - (end - base) * (math.cos(math.pi * t) + 1) / 2

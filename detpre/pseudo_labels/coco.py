@@ -88,4 +88,4 @@ def categories_from_metadata(dataset_names, num_classes):
 
 
 def write_compact_json(data, path):
-    write_json_atomic(data, path, separators=(",", ":"))
+    write_json_atomic(path, data, separators=(",", ":"))

@@ -60,10 +60,10 @@ def label_images(cfg, dicts, output, *, model=None, weights=None, score_threshol
                  class_source=None):
     """
     Pseudo-label ``dicts`` into the COCO json ``output`` with the teacher ``model`` (or one built
-    from ``cfg`` + ``weights``). Thresholds default to SELF_TRAINING.SCORE_THRESHOLD /
+    from ``cfg`` + ``weights``). Thresholds default to MODEL.SELF_TRAINING.SCORE_THRESHOLD /
     CLASS_THRESHOLDS; categories come from ``class_source`` data sets (default DATASETS.TRAIN).
     """
-    st = cfg.SELF_TRAINING
+    st = cfg.MODEL.SELF_TRAINING
     k = num_classes_of(cfg)
     thresholds = resolve_thresholds(st.SCORE_THRESHOLD if score_threshold is None else score_threshold,
                                     st.CLASS_THRESHOLDS if class_thresholds is None else class_thresholds, k)

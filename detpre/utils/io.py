@@ -14,6 +14,25 @@ from detpre.errors import DetpreError
 __all__ = ["atomic_open", "write_bytes_atomic", "write_json_atomic", "output_lock", "OutputLocked"]
 
 
+def _umask():
+    """The process umask, read without changing it (Linux: /proc), else once at import: reading
+    it through ``os.umask`` sets it, which races with threads creating files."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# the mode ``open`` would give a new file; computed once, applied with chmod to the temporary file
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="wb"):
     """``open`` a temporary file next to ``path``; on success it is synced and renamed to ``path``,
@@ -25,10 +44,8 @@ def atomic_open(path, mode="wb"):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; give the usual permissions
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -36,11 +53,14 @@ def atomic_open(path, mode="wb"):
 
 
 def write_bytes_atomic(path, data):
+    """``data`` (bytes) to ``path``, atomically."""
     with atomic_open(path, "wb") as f:
         f.write(data)
 
 
-def write_json_atomic(data, path, **dump_kwargs):
+def write_json_atomic(path, data, **dump_kwargs):
+    """``data`` as JSON (``json.dump`` keywords) to ``path``, atomically; same order as
+    ``write_bytes_atomic``."""
     with atomic_open(path, "w") as f:
         json.dump(data, f, **dump_kwargs)
 

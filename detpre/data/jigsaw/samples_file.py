@@ -40,7 +40,7 @@ def extraction_params(cfg):
 
 def save_samples(path, data, params):
     out = {"version": SAMPLES_VERSION, "params": dict(params), **data}
-    write_json_atomic(out, path, separators=(",", ":"))
+    write_json_atomic(path, out, separators=(",", ":"))
 
 
 def load_samples(path, params=None):

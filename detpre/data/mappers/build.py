@@ -1,11 +1,13 @@
 from detectron2.data import DatasetMapper
 
+from detpre.method import declared_mapper
 from detpre.registry import MAPPER_REGISTRY
 
 
 def build_mapper(cfg, is_train=True):
-    """The mapper ``DATALOADER.MAPPER`` names, or detectron2's ``DatasetMapper`` for ""."""
-    name = cfg.DATALOADER.MAPPER
+    """The mapper ``DATALOADER.MAPPER`` names or the meta-architecture requires, or detectron2's
+    ``DatasetMapper`` when neither names one."""
+    name = declared_mapper(cfg)
     if not name:
         return DatasetMapper(cfg, is_train)
     if name not in MAPPER_REGISTRY:

@@ -15,6 +15,7 @@ from detectron2.config import configurable
 
 from detpre.data.datasets.reid import reid_memory_layout
 from detpre.data.image_io import read_image
+from detpre.data.transforms.resized_crop import sample_crop
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["ReIDMapper", "random_erasing"]
@@ -33,17 +34,6 @@ def random_erasing(img, value, area=(0.02, 0.4), min_aspect=0.3, attempts=100):
             img[y:y + h, x:x + w] = value
             return img
     return img
-
-
-def _random_resized_box(h, w, scale, ratio=(3.0 / 4.0, 4.0 / 3.0)):
-    """torchvision's RandomResizedCrop box (y0, x0, ch, cw) drawn with np.random."""
-    for _ in range(10):
-        area = np.random.uniform(*scale) * h * w
-        ar = math.exp(np.random.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        cw, ch = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return np.random.randint(0, h - ch + 1), np.random.randint(0, w - cw + 1), ch, cw
-    return 0, 0, h, w
 
 
 @MAPPER_REGISTRY.register()
@@ -80,8 +70,8 @@ class ReIDMapper:
     def _augment(self, img):
         H, W = self.size
         if self.crop_scale[0] < 1.0:
-            y, x, ch, cw = _random_resized_box(img.shape[0], img.shape[1], self.crop_scale)
-            img = img[y:y + ch, x:x + cw]
+            x0, y0, x1, y1 = sample_crop(img.shape[0], img.shape[1], self.crop_scale)
+            img = img[y0:y1, x0:x1]
         img = cv2.resize(img, (W, H), interpolation=cv2.INTER_LINEAR)
         if self.rotation > 0:
             angle = np.random.uniform(-self.rotation, self.rotation)

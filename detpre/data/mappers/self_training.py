@@ -25,13 +25,13 @@ class StrongAugMapper(DatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train=True, level=None):
-        """``level``: S1-S4 or "none" (detectron2's resize + flip); default SELF_TRAINING.AUGMENT."""
+        """``level``: S1-S4 or "none" (detectron2's resize + flip); default INPUT.SELF_TRAINING.AUGMENT."""
         ret = DatasetMapper.from_config(cfg, is_train)
-        level = str(level or cfg.SELF_TRAINING.AUGMENT)
+        level = str(level or cfg.INPUT.SELF_TRAINING.AUGMENT)
         if is_train and level.lower() != "none":
             ret["augmentations"] = build_strong_augmentation(
-                level, cfg.SELF_TRAINING.IMAGE_SIZE, cfg.INPUT.FORMAT,
-                cfg.SELF_TRAINING.RANDAUG_N, cfg.SELF_TRAINING.RANDAUG_M)
+                level, cfg.INPUT.SELF_TRAINING.IMAGE_SIZE, cfg.INPUT.FORMAT,
+                cfg.INPUT.SELF_TRAINING.RANDAUG_N, cfg.INPUT.SELF_TRAINING.RANDAUG_M)
             ret["recompute_boxes"] = False
             ret["boxes_from_masks"] = bool(cfg.MODEL.MASK_ON)
         return ret

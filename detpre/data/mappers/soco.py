@@ -24,27 +24,12 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from detpre.data.transforms import BYOL_VIEW1, BYOL_VIEW2, build_view_augmentations
+from detpre.data.transforms.resized_crop import sample_crop
 from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
-__all__ = ["SoCoMapper", "sample_crop", "random_boxes", "jitter_boxes", "select_proposals",
+__all__ = ["SoCoMapper", "random_boxes", "jitter_boxes", "select_proposals",
            "cutout_in_boxes"]
-
-
-def sample_crop(h, w, scale, ratio, max_attempts=10):
-    """A random crop ``(x0, y0, x1, y1)`` (integers) of area ~ U(scale) * h * w and log aspect
-    ratio ~ U(log ratio), torchvision's RandomResizedCrop rule (central crop as fallback)."""
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(max_attempts):
-        area = h * w * np.random.uniform(*scale)
-        ar = math.exp(np.random.uniform(*log_ratio))
-        cw, ch = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
-        if 0 < cw <= w and 0 < ch <= h:
-            x0, y0 = int(np.random.randint(0, w - cw + 1)), int(np.random.randint(0, h - ch + 1))
-            return x0, y0, x0 + cw, y0 + ch
-    cw, ch = min(w, int(round(h * ratio[1]))), min(h, int(round(w / ratio[0])))
-    x0, y0 = (w - cw) // 2, (h - ch) // 2
-    return x0, y0, x0 + cw, y0 + ch
 
 
 def random_boxes(h, w, num, size_range=(0.3, 0.8), max_aspect=3.0):

@@ -16,13 +16,13 @@ import os
 import cv2
 import numpy as np
 
-from detpre.utils.io import output_lock
+from detpre.utils.io import output_lock, write_bytes_atomic
 
 from .backends import build_backend
 from .filtering import ProposalFilter
-from .proposal_file import PartStore, atomic_write_bytes, image_fingerprint, write_proposal_file
+from .proposal_file import PartStore, image_fingerprint, write_proposal_file
 
-__all__ = ["compute_proposals", "generate_proposals", "shard_range", "resize_for_proposals"]
+__all__ = ["compute_proposals", "generate_proposals", "shard_range", "resize_for_proposals", "read_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def compute_proposals(image, backend, proposal_size=224, proposal_filter=None):
     return np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)
 
 
-def _read_rgb(file_name):
+def read_rgb(file_name):
+    """The image as proposals are computed on it: detectron2's ``read_image`` (EXIF-rotated),
+    RGB, contiguous uint8 (H, W, 3); ``ValueError`` for an image of no pixels."""
     from detpre.data.image_io import read_image
 
     image = read_image(file_name, format="RGB")
@@ -79,7 +81,7 @@ def _process(item):
     """(chunk index, image id, boxes, error or None) of one (chunk, id, file) item."""
     chunk, image_id, file_name = item
     try:
-        image = _read_rgb(file_name)
+        image = read_rgb(file_name)
         boxes = compute_proposals(image, _WORKER["backend"], _WORKER["size"], _WORKER["filter"])
         return chunk, image_id, boxes, None
     except Exception as e:  # an unreadable / corrupt image must not stop a 100k-image run
@@ -184,7 +186,7 @@ def _generate(items, total, output, backend, backend_kwargs, proposal_size, prop
     write_proposal_file(output, ids, boxes, meta)
     errors_file = output + ".errors.txt"
     if errors:
-        atomic_write_bytes(errors_file, "".join(f"{f}\t{r}\n" for f, r in errors).encode())
+        write_bytes_atomic(errors_file, "".join(f"{f}\t{r}\n" for f, r in errors).encode())
         logger.warning(f"{len(errors)} image(s) could not be read; listed in {errors_file}")
     elif os.path.exists(errors_file):
         os.remove(errors_file)

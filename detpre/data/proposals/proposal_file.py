@@ -30,16 +30,12 @@ from detpre.errors import DetpreError
 from detpre.utils.io import write_bytes_atomic
 
 __all__ = ["PartStore", "write_proposal_file", "read_proposal_file", "merge_proposal_files",
-           "objectness_for", "atomic_write_bytes", "image_fingerprint", "check_proposal_file"]
+           "objectness_for", "image_fingerprint", "check_proposal_file"]
 
 logger = logging.getLogger(__name__)
 
 PICKLE_PROTOCOL = 4
 META_KEY = "detpre"
-
-
-def atomic_write_bytes(path, data):
-    write_bytes_atomic(os.fspath(path), data)
 
 
 def objectness_for(num):
@@ -63,7 +59,7 @@ def write_proposal_file(path, ids, boxes, meta=None):
     }
     if meta is not None:  # a JSON string: its bytes do not depend on object identity
         data[META_KEY] = json.dumps(meta, sort_keys=True)
-    atomic_write_bytes(path, pickle.dumps(data, protocol=PICKLE_PROTOCOL))
+    write_bytes_atomic(path, pickle.dumps(data, protocol=PICKLE_PROTOCOL))
 
 
 def read_proposal_file(path):
@@ -204,7 +200,7 @@ class PartStore:
                     "Rerun with the same arguments to resume, or delete that folder to start over.")
             return
         os.makedirs(self.dir, exist_ok=True)
-        atomic_write_bytes(spec_file, json.dumps(spec, indent=1, sort_keys=True).encode())
+        write_bytes_atomic(spec_file, json.dumps(spec, indent=1, sort_keys=True).encode())
 
     def done(self):
         """Indices of the finished chunks."""
@@ -216,7 +212,7 @@ class PartStore:
     def save(self, idx, ids, boxes, errors):
         data = {"ids": list(ids), "boxes": [np.asarray(b, np.float32) for b in boxes],
                 "errors": list(errors)}
-        atomic_write_bytes(self._chunk(idx), pickle.dumps(data, protocol=PICKLE_PROTOCOL))
+        write_bytes_atomic(self._chunk(idx), pickle.dumps(data, protocol=PICKLE_PROTOCOL))
 
     def load(self, idx):
         with open(self._chunk(idx), "rb") as f:

@@ -45,9 +45,9 @@ def build_strong_augmentation(level, image_size, image_format="BGR", randaug_n=2
     """The augmentation list of ``level`` (one of ``LEVELS``) with crops of ``image_size`` px."""
     level = str(level).upper()
     if level not in LEVELS:
-        raise ValueError(f"SELF_TRAINING.AUGMENT={level!r}: use one of {LEVELS} or 'none'")
+        raise ValueError(f"INPUT.SELF_TRAINING.AUGMENT={level!r}: use one of {LEVELS} or 'none'")
     if image_size <= 0:
-        raise ValueError(f"SELF_TRAINING.IMAGE_SIZE={image_size}: must be positive")
+        raise ValueError(f"INPUT.SELF_TRAINING.IMAGE_SIZE={image_size}: must be positive")
     augs = [T.RandomFlip(prob=0.5, horizontal=True, vertical=False)]
     augs += scale_jitter(*_JITTER[level], int(image_size))
     if level in ("S2", "S3"):

@@ -8,7 +8,6 @@ LARS gives the non-adapted bias/BN parameters a K times larger step).
 import torch.nn.functional as F
 from torch import nn
 
-from detpre.registry import LOSS_REGISTRY
 
 __all__ = ["byol_loss", "BYOLLoss"]
 
@@ -35,9 +34,8 @@ def byol_loss(p, z, reduction="mean"):
     return per.mean()
 
 
-@LOSS_REGISTRY.register()
 class BYOLLoss(nn.Module):
-    """``byol_loss`` as a module, for methods that pick their loss from the registry."""
+    """``byol_loss`` as a module."""
 
     def forward(self, p, z):
         return byol_loss(p, z)

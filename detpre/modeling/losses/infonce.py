@@ -9,7 +9,6 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from torch import nn
 
-from detpre.registry import LOSS_REGISTRY
 from detpre.utils.dist import concat_all_gather
 
 __all__ = ["infonce_loss", "InfoNCELoss"]
@@ -44,9 +43,8 @@ def infonce_loss(q, k, temperature=1.0, gather=True, scale=None):
     return F.cross_entropy(logits.reshape(B * C, -1), labels) * scale
 
 
-@LOSS_REGISTRY.register()
 class InfoNCELoss(nn.Module):
-    """``infonce_loss`` as a module (for methods that pick their loss from the registry)."""
+    """``infonce_loss`` as a module."""
 
     @configurable
     def __init__(self, *, temperature=1.0, gather=True):

@@ -6,7 +6,6 @@ labels), so ``-Σ_c t_c log softmax(z)_c`` replaces the hard-label form.
 import torch
 from torch import nn
 
-from detpre.registry import LOSS_REGISTRY
 
 __all__ = ["soft_label_cross_entropy", "SoftLabelCrossEntropy"]
 
@@ -18,7 +17,6 @@ def soft_label_cross_entropy(logits, targets, dim=-1):
     return -(targets.to(logits.dtype) * torch.log_softmax(logits, dim=dim)).sum(dim=dim)
 
 
-@LOSS_REGISTRY.register()
 class SoftLabelCrossEntropy(nn.Module):
     """Mean soft-label cross-entropy over every element; classes along ``dim``."""
 

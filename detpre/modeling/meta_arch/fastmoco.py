@@ -26,6 +26,10 @@ COMBINE_MODES = ("mean", "weighted", "max", "off")
 
 @META_ARCH_REGISTRY.register()
 class FastMoCo(PixelNormalizeMixin, nn.Module):
+    # what training needs besides this class (detpre.method): two views, the EMA target update
+    required_mapper = "TwoViewMapper"
+    required_hooks = ("MomentumUpdate",)
+
     @configurable
     def __init__(self, *, bottom_up, projector, predictor, pixel_mean, pixel_std, in_feature="res5",
                  combine="mean", num_splits=2, combine_size=2, target_view="other", temperature=1.0,
@@ -71,13 +75,8 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.FASTMOCO
-        bottom_up = build_bottom_up(cfg, cfg.MODEL.FASTMOCO.IN_FEATURE)
-        shapes = bottom_up.output_shape()
-        if c.IN_FEATURE not in shapes:
-            raise ValueError(
-                f"MODEL.FASTMOCO.IN_FEATURE={c.IN_FEATURE!r} is not among MODEL.RESNETS.OUT_FEATURES "
-                f"{list(shapes)}; add it there.")
-        dim = shapes[c.IN_FEATURE].channels
+        bottom_up = build_bottom_up(cfg, c.IN_FEATURE)  # outputs exactly IN_FEATURE
+        dim = bottom_up.output_shape()[c.IN_FEATURE].channels
         return {
             "bottom_up": bottom_up,
             "projector": MLP(dim, c.HIDDEN_DIM, c.PROJ_DIM, c.PROJ_LAYERS, c.HEAD_NORM,

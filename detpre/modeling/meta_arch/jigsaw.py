@@ -33,6 +33,14 @@ MODES = ("erf", "block", "global")
 
 @META_ARCH_REGISTRY.register()
 class JigsawPretrain(PixelNormalizeMixin, nn.Module):
+    # what training needs besides this class (detpre.method): montages, and in "erf" mode the
+    # periodic ERF re-measurement
+    required_mapper = "JigsawMapper"
+
+    @classmethod
+    def required_hooks(cls, cfg):
+        return ("ERFRefresh",) if cfg.MODEL.JIGSAW.MODE == "erf" else ()
+
     @configurable
     def __init__(self, *, backbone, in_feature, num_classes, montage_size, pixel_mean, pixel_std,
                  mode="erf", tau=0.5, erf_batch=8):

@@ -42,6 +42,10 @@ class ObjectHead(nn.Module):
 
 @META_ARCH_REGISTRY.register()
 class SoCo(PixelNormalizeMixin, nn.Module):
+    # what training needs besides this class (detpre.method): the views, the EMA target update
+    required_mapper = "SoCoMapper"
+    required_hooks = ("MomentumUpdate",)
+
     @configurable
     def __init__(self, *, backbone, box_pooler, box_head, projector, predictor, in_features,
                  pixel_mean, pixel_std, loss_reduction="mean"):

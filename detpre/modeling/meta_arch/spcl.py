@@ -23,6 +23,10 @@ __all__ = ["SpCL"]
 
 @META_ARCH_REGISTRY.register()
 class SpCL(PixelNormalizeMixin, nn.Module):
+    # what training needs besides this class (detpre.method): re-ID crops, the periodic clustering
+    required_mapper = "ReIDMapper"
+    required_hooks = ("ClusterRefresh",)
+
     @configurable
     def __init__(self, *, bottom_up, memory, pixel_mean, pixel_std, in_feature="res5",
                  pooling="avg", gem_p=3.0, dsbn=False, loss_per_domain=True, last_stride=2):
@@ -57,11 +61,8 @@ class SpCL(PixelNormalizeMixin, nn.Module):
         from detpre.data.datasets.reid import reid_memory_layout
 
         c = cfg.MODEL.SPCL
-        bottom_up = build_bottom_up(cfg, cfg.MODEL.SPCL.IN_FEATURE)
+        bottom_up = build_bottom_up(cfg, c.IN_FEATURE)  # outputs exactly IN_FEATURE
         shapes = bottom_up.output_shape()
-        if c.IN_FEATURE not in shapes:
-            raise ValueError(f"MODEL.SPCL.IN_FEATURE={c.IN_FEATURE!r} is not among "
-                             f"MODEL.RESNETS.OUT_FEATURES {list(shapes)}; add it there.")
         num_source, num_target = c.NUM_SOURCE_CLASSES, c.NUM_TARGET_INSTANCES
         if num_target <= 0:  # counted from the (registered) training data sets
             layout = reid_memory_layout(cfg.DATASETS.TRAIN, c.SOURCE_DATASETS)

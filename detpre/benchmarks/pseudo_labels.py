@@ -10,7 +10,7 @@ import time
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 
-from .teacher import label_images
+from detpre.pseudo_labels.teacher import label_images
 
 __all__ = ["benchmark_pseudo_labelling"]
 

@@ -13,12 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from detpre.clustering.jaccard import k_reciprocal_weights, sparse_jaccard_distance
+from detpre.clustering.reliability import self_paced_cluster
 from detpre.modeling.memory import HybridMemory
 
-from .jaccard import k_reciprocal_weights, sparse_jaccard_distance
-from .reliability import self_paced_cluster
-
-__all__ = ["synthetic_features", "time_memory_step", "run_clustering", "format_table"]
+__all__ = ["synthetic_features", "time_memory_step", "run_clustering"]
 
 
 def synthetic_features(n, dim, per_id=17, noise=0.6, seed=0):
@@ -104,9 +103,3 @@ def run_clustering(n, dim=128, dense=False, k1=30, k2=6, timeout=3600):
     finally:
         p.join(timeout=60)
 
-
-def format_table(header, rows):
-    widths = [max(len(str(v)) for v in col) for col in zip(header, *rows)]
-    line = lambda r: "| " + " | ".join(str(v).rjust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [line(r) for r in rows])

@@ -8,9 +8,9 @@ import time
 import numpy as np
 from detectron2.structures import BoxMode
 
-from .backends import build_backend
-from .generate import _read_rgb, resize_for_proposals
-from .metrics import proposal_recall
+from detpre.data.proposals.backends import build_backend
+from detpre.data.proposals.generate import read_rgb, resize_for_proposals
+from detpre.data.proposals.metrics import proposal_recall
 
 __all__ = ["benchmark_backends", "gt_boxes_of"]
 
@@ -30,7 +30,7 @@ def benchmark_backends(records, backends, budget=300, proposal_size=224):
     """
     images, gts = [], []
     for r in records:
-        image = _read_rgb(r["file_name"])
+        image = read_rgb(r["file_name"])
         images.append((resize_for_proposals(image, proposal_size), image.shape[:2]))
         gts.append(gt_boxes_of(r))
     rows = []
