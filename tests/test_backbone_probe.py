@@ -7,11 +7,16 @@ from detectron2.structures import BoxMode
 
 from detpre.checkpoint import export_weights, save_model_zoo_file
 from detpre.config import get_detpre_cfg
-from detpre.modeling.meta_arch import fastmoco  # noqa: F401  (registers FastMoCo)
 from detpre.evaluation.backbone_probe import (
-    build_probe_backbone, evaluate_backbone, extract_crops, extract_features, knn_predict,
-    linear_probe, read_backbone_weights,
+    build_probe_backbone,
+    evaluate_backbone,
+    extract_crops,
+    extract_features,
+    knn_predict,
+    linear_probe,
+    read_backbone_weights,
 )
+from detpre.modeling.meta_arch import fastmoco  # noqa: F401  (registers FastMoCo)
 
 
 def _dataset(tmp_path, n_images=3, seed=0):

@@ -4,8 +4,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from detpre.clustering import (cluster_iou, dbscan_sparse, knn_search, reliable_pseudo_labels,
-                               self_paced_cluster, sparse_jaccard_distance)
+from detpre.clustering import (
+    cluster_iou,
+    dbscan_sparse,
+    knn_search,
+    reliable_pseudo_labels,
+    self_paced_cluster,
+    sparse_jaccard_distance,
+)
 from detpre.clustering.reliability import independence_threshold
 
 

@@ -4,7 +4,12 @@ import torch
 from torch import nn
 
 from detpre.modeling.erf import (
-    ERFTable, apply_floor, effective_receptive_field, grid_centres, location_regions, soft_labels,
+    ERFTable,
+    apply_floor,
+    effective_receptive_field,
+    grid_centres,
+    location_regions,
+    soft_labels,
 )
 from detpre.modeling.losses.soft_label_ce import SoftLabelCrossEntropy, soft_label_cross_entropy
 

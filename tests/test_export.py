@@ -14,7 +14,8 @@ from detpre.engine.trainer import _RunInfo
 
 
 def _tool(repo_root):
-    spec = importlib.util.spec_from_file_location("convert_pretrained", os.path.join(repo_root, "tools", "convert_pretrained.py"))
+    tool = os.path.join(repo_root, "tools", "convert_pretrained.py")
+    spec = importlib.util.spec_from_file_location("convert_pretrained", tool)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -83,5 +84,6 @@ def test_refuses_an_export_that_does_not_fit_the_detector(repo_root, tmp_path, s
     ckpt, _ = soco_checkpoint
     with pytest.raises(SystemExit, match="do not fit"):
         _tool(repo_root).main(["--input", ckpt, "--output", str(tmp_path / "o.pkl"),
-                               "--config-file", os.path.join(repo_root, "configs/finetune/mask_rcnn_R50_FPN_1x_SoCo.yaml")])
+                               "--config-file",
+                               os.path.join(repo_root, "configs/finetune/mask_rcnn_R50_FPN_1x_SoCo.yaml")])
     assert not (tmp_path / "o.pkl").exists()

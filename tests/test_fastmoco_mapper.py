@@ -65,8 +65,7 @@ def test_random_resized_crop_stays_inside_and_falls_back_to_the_center():
 def _probs(augs):
     from detectron2.data import transforms as T
 
-    from detpre.data.transforms import (RandomColorJitter, RandomGaussianBlur, RandomGrayscale,
-                                        RandomSolarize)
+    from detpre.data.transforms import RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomSolarize
     out = {}
     for a in augs.augs:
         if isinstance(a, T.RandomFlip):

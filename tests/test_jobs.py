@@ -77,7 +77,6 @@ def test_run_logged_logs_and_reports_failures(tmp_path, capsys):
 
 
 def _row(name, aps, cost=None):
-    from detpre.jobs.transfer import _summary
 
     runs = [{"bbox/AP": a, "bbox/AP50": 2 * a, "segm/AP": a / 2} for a in aps]
     return {"init": name, "pretrain": cost, "probe": {"knn_top1": 20.0, "linear_top1": 30.0},

@@ -8,9 +8,15 @@ import pytest
 from detectron2.data.build import load_proposals_into_dataset
 from detectron2.structures import BoxMode
 
-from detpre.data.proposals import (ProposalFilter, build_backend, generate_proposals,
-                                   merge_proposal_files, proposal_recall, read_proposal_file,
-                                   selective_search)
+from detpre.data.proposals import (
+    ProposalFilter,
+    build_backend,
+    generate_proposals,
+    merge_proposal_files,
+    proposal_recall,
+    read_proposal_file,
+    selective_search,
+)
 from detpre.data.proposals.selective_search import hierarchical_grouping
 
 RECTS = [(10, 12, 90, 80), (120, 20, 210, 110), (30, 120, 100, 210), (130, 140, 200, 200)]

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from _self_training_data import tiny_cfg, write_images
 from detectron2.data.datasets import load_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -18,8 +19,6 @@ from detpre.pseudo_labels import (
     mask_to_polygons,
     resolve_thresholds,
 )
-
-from _self_training_data import tiny_cfg, write_images
 
 
 def _instances(scores, classes, h=40, w=50):

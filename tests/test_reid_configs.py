@@ -3,10 +3,10 @@ vehicle settings are the official code's, and docs/spcl.md names its published n
 import glob
 import os
 
+import _reid_miniatures as mini
 import pytest
 from detectron2.data import DatasetCatalog
 
-import _reid_miniatures as mini
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets.reid import register_reid, reid_memory_layout
 from detpre.data.datasets.reid_layouts import get_layout

@@ -4,13 +4,18 @@ import os
 import re
 import shutil
 
+import _reid_miniatures as mini
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-import _reid_miniatures as mini
 from detpre.config import get_detpre_cfg
-from detpre.data.datasets.reid import (LayoutError, load_reid_test, load_reid_train,
-                                       register_reid, register_reid_from_config)
+from detpre.data.datasets.reid import (
+    LayoutError,
+    load_reid_test,
+    load_reid_train,
+    register_reid,
+    register_reid_from_config,
+)
 from detpre.data.datasets.reid_layouts import detect_layout, get_layout
 
 

@@ -1,13 +1,12 @@
 """Each data set's evaluation protocol against hand-computed results."""
+import _reid_miniatures as mini
 import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-import _reid_miniatures as mini
 from detpre.data.datasets.reid import register_reid
-from detpre.evaluation.reid import (ReIDEvaluator, reid_metrics, vehicleid_metrics,
-                                    vehicleid_trials)
+from detpre.evaluation.reid import ReIDEvaluator, reid_metrics, vehicleid_metrics, vehicleid_trials
 
 # VehicleID toy: identity 1 = images {0, 1}, identity 2 = images {2, 3}. Image 0 is nearer to
 # identity 2 than to image 1; every other image is nearest its own identity. A trial's gallery

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from _reliability_data import Records, bad_coco, random_images, tiny_cfg, truncate
 from detectron2.data import DatasetCatalog, DatasetFromList
 
 from detpre.checkpoint import is_finished
@@ -13,8 +14,6 @@ from detpre.data.proposals import write_proposal_file
 from detpre.data.samplers import SeededMapDataset
 from detpre.engine import Trainer
 from detpre.errors import DetpreError
-
-from _reliability_data import Records, bad_coco, random_images, tiny_cfg, truncate
 
 NAME = "_rel_bad_coco"
 

@@ -3,11 +3,10 @@ import os
 
 import pytest
 import torch
+from _reliability_data import Records, random_images, register_list, tiny_cfg
 
 from detpre.checkpoint import is_finished
 from detpre.engine import Trainer
-
-from _reliability_data import Records, random_images, register_list, tiny_cfg
 
 NAME = "_rel_ckpt_images"
 

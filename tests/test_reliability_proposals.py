@@ -7,14 +7,13 @@ import subprocess
 
 import numpy as np
 import pytest
+from _reliability_data import Records, random_images, truncate
 
 from detpre.data.jigsaw import ensure_samples
 from detpre.data.proposals import ProposalFilter, generate_proposals, read_proposal_file
 from detpre.data.proposals.proposal_file import check_proposal_file
 from detpre.errors import DetpreError
 from detpre.utils.io import OutputLocked, output_lock
-
-from _reliability_data import Records, random_images, truncate
 
 FAST = dict(proposal_filter=ProposalFilter.disabled(5), proposal_size=32, workers=1, progress=False)
 

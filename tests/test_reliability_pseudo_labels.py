@@ -4,11 +4,10 @@ import os
 import shutil
 
 import torch
+from _self_training_data import tiny_cfg, write_images
 from detectron2.modeling import build_model
 
 from detpre.pseudo_labels import label_images
-
-from _self_training_data import tiny_cfg, write_images
 
 
 def test_corrupt_image_is_recorded_and_rerun_after_fix_keeps_finished_chunks(tmp_path):

@@ -4,13 +4,12 @@ import subprocess
 import sys
 
 import pytest
+from _reliability_data import REPO, random_images, register_list, tiny_cfg
 
 from detpre.config import get_detpre_cfg
 from detpre.data.build import train_dataset_dicts
 from detpre.engine.defaults import check_output_dir
 from detpre.errors import DetpreError
-
-from _reliability_data import REPO, random_images, register_list, tiny_cfg
 
 
 def test_unknown_config_key_suggests_the_closest(tmp_path):

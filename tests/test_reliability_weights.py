@@ -3,13 +3,12 @@ import pickle
 
 import pytest
 import torch
+from _reliability_data import tiny_cfg
 from torch import nn
 
 from detpre.engine.checkpointer import DetpreCheckpointer
 from detpre.engine.defaults import check_weights
 from detpre.errors import DetpreError
-
-from _reliability_data import tiny_cfg
 
 
 class _Det(nn.Module):

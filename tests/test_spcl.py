@@ -10,8 +10,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 import detpre.engine.spcl_hooks  # noqa: F401  (registers ClusterRefresh)
 import detpre.evaluation.reid  # noqa: F401
 from detpre.config import get_detpre_cfg
-from detpre.data.datasets.reid import (load_reid_crops, load_reid_test, load_reid_train,
-                                       parse_reid_name, register_reid, reid_memory_layout)
+from detpre.data.datasets.reid import (
+    load_reid_crops,
+    load_reid_test,
+    load_reid_train,
+    parse_reid_name,
+    register_reid,
+    reid_memory_layout,
+)
 from detpre.data.datasets.reid_demo import generate_reid_demo
 from detpre.data.mappers.reid import ReIDMapper
 from detpre.modeling.meta_arch.spcl import SpCL

@@ -2,12 +2,11 @@
 import pytest
 import torch
 from detectron2.engine import HookBase
+from test_soco_resume import _cfg, _dataset
 
 from detpre.benchmarks import DATA, STEP, StepTimer
 from detpre.engine import Trainer
 from detpre.registry import HOOK_REGISTRY
-
-from test_soco_resume import _cfg, _dataset
 
 EVENTS = []
 

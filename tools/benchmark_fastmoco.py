@@ -14,8 +14,8 @@ import logging
 from detectron2.utils.logger import setup_logger
 
 import detpre  # noqa: F401  (registers every component)
-from detpre.config import get_detpre_cfg
 from detpre.benchmarks.fastmoco import compare, format_table
+from detpre.config import get_detpre_cfg
 from detpre.utils.io import write_json_atomic
 
 

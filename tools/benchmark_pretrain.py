@@ -10,8 +10,8 @@ Targets: momentum update <= 2% of an iteration; data loading <= 5% at the demo c
 import argparse
 
 import detpre  # noqa: F401  (registers every component)
-from detpre.config import get_detpre_cfg
 from detpre.benchmarks.pretrain import benchmark_pretrain, format_benchmark
+from detpre.config import get_detpre_cfg
 from detpre.utils.io import write_json_atomic
 
 

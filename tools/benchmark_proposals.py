@@ -31,8 +31,8 @@ def main(argv=None):
     from tabulate import tabulate
 
     from detpre import get_detpre_cfg
-    from detpre.data.datasets import register_from_config
     from detpre.benchmarks.proposals import benchmark_backends
+    from detpre.data.datasets import register_from_config
 
     cv2.setNumThreads(1)
     cfg = get_detpre_cfg()

@@ -15,9 +15,9 @@ from detectron2.modeling import build_model
 from tabulate import tabulate
 
 import detpre  # noqa: F401
+from detpre.benchmarks.pseudo_labels import benchmark_pseudo_labelling
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
-from detpre.benchmarks.pseudo_labels import benchmark_pseudo_labelling
 from detpre.pseudo_labels.teacher import teacher_config
 
 
@@ -41,7 +41,8 @@ def main():
         DetectionCheckpointer(model).load(a.weights)
     dicts = DatasetCatalog.get(a.dataset)[: a.num]
     rows = benchmark_pseudo_labelling(cfg, model, dicts, a.repeats, a.num_workers, tta=a.tta)
-    print(f"\n{len(dicts)} images of {a.dataset}, {cfg.MODEL.META_ARCHITECTURE}, weights: {a.weights or 'random init'}, "
+    print(f"\n{len(dicts)} images of {a.dataset}, {cfg.MODEL.META_ARCHITECTURE}, "
+          f"weights: {a.weights or 'random init'}, "
           f"torch threads: {torch.get_num_threads()}")
     print(tabulate([(k, f"{v:.2f}", f"{r:.3f}x") for k, v, r in rows],
                    headers=["method", "images/s", "vs detectron2"], tablefmt="github"))

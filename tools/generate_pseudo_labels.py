@@ -29,13 +29,15 @@ def parse_args():
     src.add_argument("--dataset", help="a registered data set (config DATASETS.*, demo, detectron2 builtins)")
     src.add_argument("--image-dir", help="a folder of images (searched recursively)")
     p.add_argument("--output", required=True, help="COCO json to write")
-    p.add_argument("--threshold", type=float, default=None, help="score threshold (default MODEL.SELF_TRAINING.SCORE_THRESHOLD = 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="score threshold (default MODEL.SELF_TRAINING.SCORE_THRESHOLD = 0.5)")
     p.add_argument("--class-thresholds", default=None, help="comma-separated per-class thresholds, class order")
     p.add_argument("--batch-size", type=int, default=None, help="images per inference batch")
     p.add_argument("--chunk-size", type=int, default=None, help="images per resumable chunk")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--tta", action="store_true", help="flip + multi-scale test-time augmentation")
-    p.add_argument("--tta-min-sizes", default=None, help="comma-separated shortest-edge sizes (default TEST.AUG.MIN_SIZES)")
+    p.add_argument("--tta-min-sizes", default=None,
+                   help="comma-separated shortest-edge sizes (default TEST.AUG.MIN_SIZES)")
     p.add_argument("--no-tta-flip", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p.parse_args()
@@ -48,7 +50,10 @@ def main():
     cfg = get_detpre_cfg(args.config_file, args.opts)
     cfg.freeze()
     register_from_config(cfg)
-    dicts = DatasetCatalog.get(args.dataset) if args.dataset else load_image_folder(args.image_dir, source="--image-dir")
+    if args.dataset:
+        dicts = DatasetCatalog.get(args.dataset)
+    else:
+        dicts = load_image_folder(args.image_dir, source="--image-dir")
     floats = lambda s: [float(v) for v in s.split(",")] if s else None  # noqa: E731
     summary = label_images(
         cfg, dicts, args.output, weights=args.weights, score_threshold=args.threshold,

@@ -14,9 +14,9 @@ import os
 
 from detectron2.utils.logger import setup_logger
 
-from detpre.utils.io import write_json_atomic
 import detpre  # noqa: F401  (registers every component)
 from detpre.jobs.self_training import format_rows, self_train
+from detpre.utils.io import write_json_atomic
 
 
 def main():
@@ -26,9 +26,11 @@ def main():
     p.add_argument("--output", required=True)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--teacher-weights", default=None, help="skip teacher training, use these weights")
-    p.add_argument("--unlabeled", default=None, help="registered unlabeled data set (default MODEL.SELF_TRAINING.UNLABELED_DATASET)")
+    p.add_argument("--unlabeled", default=None,
+                   help="registered unlabeled data set (default MODEL.SELF_TRAINING.UNLABELED_DATASET)")
     p.add_argument("--student-from-teacher", action="store_true",
-                   help="initialize each student with its teacher's weights (default: the student config's MODEL.WEIGHTS)")
+                   help="initialize each student with its teacher's weights "
+                        "(default: the student config's MODEL.WEIGHTS)")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--tta", action="store_true")
     p.add_argument("--teacher-opts", nargs="*", default=[])

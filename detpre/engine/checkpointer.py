@@ -170,7 +170,8 @@ class DetpreCheckpointer(DetectionCheckpointer):
                                            for k, a, b in ex) if ex else ""
             details.append(f"{p}: {c['total'] - c['loaded']} of {c['total']} weights not loaded"
                            f" ({len(c['shape_mismatch'])} with other shapes{shapes})")
-        msg = (f"{getattr(self, '_loading', '') or 'MODEL.WEIGHTS'}: the weights fill only part of the pretrained model parts ({'; '.join(details)}); "
+        source = getattr(self, "_loading", "") or "MODEL.WEIGHTS"
+        msg = (f"{source}: the weights fill only part of the pretrained model parts ({'; '.join(details)}); "
                f"coverage {report}. The file was made for another architecture/config")
         if self.weights_strict:
             raise DetpreError(msg + "; fix the config to match it, or set MODEL.WEIGHTS_STRICT False "

@@ -14,11 +14,10 @@ from detpre.evaluation import build_evaluator
 from detpre.method import declared_hooks
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_optimizer
-
 from detpre.utils.checkpoint_io import is_finished
 
-from .checkpointer import DetpreCheckpointer
 from .amp import AMPStep, MixedPrecision
+from .checkpointer import DetpreCheckpointer
 from .writer import TimedPeriodicWriter
 
 __all__ = ["Trainer"]

@@ -18,7 +18,6 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import BoxMode
 
 from detpre.checkpoint import export_weights, load_detpre_checkpoint
-from detpre.utils.io import write_json_atomic
 
 __all__ = [
     "extract_crops", "read_backbone_weights", "build_probe_backbone", "extract_features",

@@ -18,11 +18,10 @@ from detectron2.data import DatasetCatalog
 
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_coco, register_from_config
-from detpre.pseudo_labels import label_images
-from detpre.utils.io import atomic_open, write_json_atomic
-
 from detpre.engine.self_training import SelfTrainingTrainer
 from detpre.engine.trainer import Trainer
+from detpre.pseudo_labels import label_images
+from detpre.utils.io import atomic_open, write_json_atomic
 
 from .runner import final_metrics, is_finished, repo_path
 
@@ -118,5 +117,6 @@ def format_rows(rows):
     lines = ["| model | box AP | box AP50 | mask AP | weights |", "|---|---|---|---|---|"]
     for r in rows:
         g = lambda k: r.get(k, math.nan)  # noqa: E731
-        lines.append(f"| {r['model']} | {g('bbox/AP'):.2f} | {g('bbox/AP50'):.2f} | {g('segm/AP'):.2f} | {r['weights']} |")
+        aps = " | ".join(f"{g(k):.2f}" for k in ("bbox/AP", "bbox/AP50", "segm/AP"))
+        lines.append(f"| {r['model']} | {aps} | {r['weights']} |")
     return "\n".join(lines)

@@ -116,8 +116,8 @@ class ERFTable(nn.Module):
     def _box_sum(self, y0, y1, x0, x1):
         c = self.canvas
         y0, y1, x0, x1 = (t.clamp(0, c) for t in (y0, y1, x0, x1))
-        I = self.integral
-        return I[y1, x1] - I[y0, x1] - I[y1, x0] + I[y0, x0]
+        integral = self.integral
+        return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
     def location_centres(self, feat_hw, image_hw=None):
         """

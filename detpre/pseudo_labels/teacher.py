@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def num_classes_of(cfg):
-    return cfg.MODEL.RETINANET.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return cfg.MODEL.RETINANET.NUM_CLASSES
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 def teacher_config(cfg, min_threshold):
@@ -79,7 +81,8 @@ def label_images(cfg, dicts, output, *, model=None, weights=None, score_threshol
         mapper = DatasetMapper(cfg, is_train=False)
     info = {"teacher_weights": weights or "", "teacher_weights_id": _weights_id(weights),
             "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-            "tta": {"min_sizes": list(tta_min_sizes or cfg.TEST.AUG.MIN_SIZES), "flip": bool(tta_flip)} if tta else None}
+            "tta": ({"min_sizes": list(tta_min_sizes or cfg.TEST.AUG.MIN_SIZES), "flip": bool(tta_flip)}
+                    if tta else None)}
     categories = categories_from_metadata(class_source or cfg.DATASETS.TRAIN, k)
     return generate_pseudo_labels(
         model, dicts, output, mapper=mapper, categories=categories, thresholds=thresholds,

@@ -4,10 +4,10 @@ from detectron2.solver import build_optimizer as d2_build_optimizer
 from detectron2.solver.build import maybe_add_gradient_clipping
 
 from .lars import LARS
+from .paper_recipes import add_full_model_clipping, build_adam, wants_full_model_clipping
 
 _NORM_TYPES = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm,
                torch.nn.LocalResponseNorm)
-from .paper_recipes import add_full_model_clipping, build_adam, wants_full_model_clipping
 
 
 def _lars_param_groups(cfg, model):

@@ -13,9 +13,9 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from detpre.data.image_io import read_image
 from detpre.data.transforms import TWO_VIEW_RECIPES, build_view_augmentations
 from detpre.data.transforms.resized_crop import RandomResizedCrop
-from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["TwoViewMapper"]

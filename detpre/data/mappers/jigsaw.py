@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 
-from detpre.data.jigsaw import assemble_montage, ensure_samples, extraction_params
 from detpre.data.image_io import read_image
+from detpre.data.jigsaw import assemble_montage, ensure_samples, extraction_params
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["JigsawMapper"]

@@ -23,9 +23,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
+from detpre.data.image_io import read_image
 from detpre.data.transforms import BYOL_VIEW1, BYOL_VIEW2, build_view_augmentations
 from detpre.data.transforms.resized_crop import sample_crop
-from detpre.data.image_io import read_image
 from detpre.registry import MAPPER_REGISTRY
 
 __all__ = ["SoCoMapper", "random_boxes", "jitter_boxes", "select_proposals",

@@ -68,7 +68,7 @@ class AffineTransform(T.Transform):
 
     def apply_segmentation(self, segmentation):
         dtype = segmentation.dtype
-        src = segmentation.astype(np.uint8) if dtype == bool else segmentation
+        src = segmentation.astype(np.uint8) if dtype is bool else segmentation
         out = self._warp(src, cv2.INTER_NEAREST, 0)
         return out.astype(dtype)
 

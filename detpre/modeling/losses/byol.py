@@ -8,7 +8,6 @@ LARS gives the non-adapted bias/BN parameters a K times larger step).
 import torch.nn.functional as F
 from torch import nn
 
-
 __all__ = ["byol_loss", "BYOLLoss"]
 
 

@@ -6,7 +6,6 @@ labels), so ``-Σ_c t_c log softmax(z)_c`` replaces the hard-label form.
 import torch
 from torch import nn
 
-
 __all__ = ["soft_label_cross_entropy", "SoftLabelCrossEntropy"]
 
 

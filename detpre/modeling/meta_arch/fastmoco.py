@@ -14,9 +14,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
+from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.heads import MLP
 from detpre.modeling.losses.infonce import infonce_loss
-from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.momentum import MomentumTarget
 
 __all__ = ["FastMoCo", "COMBINE_MODES"]

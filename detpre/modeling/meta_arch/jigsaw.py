@@ -22,7 +22,11 @@ from torch import nn
 
 from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.erf import (
-    ERFTable, effective_receptive_field, grid_centres, location_regions, soft_labels,
+    ERFTable,
+    effective_receptive_field,
+    grid_centres,
+    location_regions,
+    soft_labels,
 )
 from detpre.modeling.losses.soft_label_ce import soft_label_cross_entropy
 

@@ -15,8 +15,14 @@ from torch import nn
 
 from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.memory import HybridMemory
-from detpre.modeling.reid_encoder import (BNNeck, build_pooling, convert_dsbn, dsbn_domain,
-                                          dsbn_source_parameters, set_last_stride)
+from detpre.modeling.reid_encoder import (
+    BNNeck,
+    build_pooling,
+    convert_dsbn,
+    dsbn_domain,
+    dsbn_source_parameters,
+    set_last_stride,
+)
 
 __all__ = ["SpCL"]
 
