@@ -65,16 +65,18 @@ def load_detpre_checkpoint(path):
 
 
 def stored_config(path):
-    """The config a detpre checkpoint was trained with (its run info), as a detpre CfgNode."""
+    """The config a detpre checkpoint was trained with (its run info), as a detpre CfgNode; keys
+    renamed since it was written are read under their new names."""
+    import yaml
     from detectron2.config import CfgNode
 
-    from detpre.config import get_detpre_cfg
+    from detpre.config import get_detpre_cfg, translate_renamed
 
     dump = _read_checkpoint(path)["detpre"].get("config")
     if not dump:
         raise ValueError(f"{path}: its run info holds no config; pass --config-file")
     cfg = get_detpre_cfg()
-    cfg.merge_from_other_cfg(CfgNode.load_cfg(dump))
+    cfg.merge_from_other_cfg(CfgNode(translate_renamed(yaml.safe_load(dump), f"{path}'s config")))
     return cfg
 
 

@@ -90,3 +90,23 @@ def test_export_computes_the_same_features(repo_root, tmp_path, method, use_targ
                 a, b = src.roi_heads.box_head(feats), det.roi_heads.box_head(feats)
                 assert (a - b).abs().max().item() <= 1e-5
                 assert _max_diff(_bn_stats(src.roi_heads.box_head), _bn_stats(det.roi_heads.box_head)) == 0
+
+
+def test_checkpoint_with_old_key_names_still_exports(repo_root, tmp_path):
+    """A checkpoint written before MODEL.MOMENTUM became MODEL.EMA: its stored config is read
+    under the new names, so the export is checked against the right detector."""
+    import yaml
+
+    from detpre.checkpoint import stored_config
+
+    cfg = get_detpre_cfg(os.path.join(repo_root, METHODS["soco"][0]), ["MODEL.DEVICE", "cpu"])
+    tree = yaml.safe_load(cfg.dump())
+    tree["MODEL"]["MOMENTUM"] = tree["MODEL"].pop("EMA")
+    tree["MODEL"]["MOMENTUM"]["BASE"] = 0.95
+    model = build_model(cfg)
+    path = tmp_path / "old.pth"
+    torch.save({"model": model.state_dict(),
+                "detpre": {"meta_architecture": "SoCo", "config": yaml.safe_dump(tree)}}, path)
+    assert stored_config(str(path)).MODEL.EMA.BASE == 0.95
+    weights, report, _, _ = export_checked(str(path), "mask_rcnn")
+    assert not report["shape_mismatch"] and len(report["filled"]) == len(weights)
