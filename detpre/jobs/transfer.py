@@ -106,20 +106,24 @@ def run_transfer(methods, finetune_config, output_dir, seeds=(0, 1, 2), jobs=2, 
                             threads)
         return run
 
-    # one graph: a core fine-tunes from random init while the other still pretrains
+    # one graph: a core fine-tunes from random init while the other still pretrains; the probes
+    # (in this process) fill a core that would otherwise wait for the last fine-tuning
     tasks = {("pre", m.name): (lambda m=m, o=opts: pretrain_and_export(m, o), ()) for m, opts in plans}
     names = ["random init"] + [m.name for m in methods]
     for s in seeds:
         for name in names:
             deps = () if name == "random init" else (("pre", name),)
             tasks[("ft", name, s)] = (finetune_job(name, s), deps)
+    for name in names:
+        deps = () if name == "random init" else (("pre", name),)
+        tasks[("probe", name)] = (lambda pre=(None, None): probe(pre[1] or "", finetune_config, train_set, test_set),
+                                  deps)
     done = run_graph(tasks, jobs)
 
     rows = []
     for name in names:
         cost, weights = done[("pre", name)] if name != "random init" else (None, None)
-        rows.append({"init": name, "weights": weights, "pretrain": cost,
-                     "probe": probe(weights or "", finetune_config, train_set, test_set),
+        rows.append({"init": name, "weights": weights, "pretrain": cost, "probe": done[("probe", name)],
                      "finetune": [done[("ft", name, s)][0] for s in seeds],
                      "finetune_s": [done[("ft", name, s)][1] for s in seeds]})
     baseline = rows[0]["finetune"]
