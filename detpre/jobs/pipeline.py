@@ -4,6 +4,7 @@ pretraining config (proposals) -> pretrain -> export (checked against the fine-t
 -> probe the exported backbone -> fine-tune from each init with S seeds -> AP on DATASETS.TEST.
 """
 import os
+import threading
 
 from detpre.checkpoint import export_checked, save_model_zoo_file
 from detpre.config import get_detpre_cfg
@@ -57,6 +58,9 @@ def export(checkpoint, path, finetune_config, detector="mask_rcnn"):
     return path, report
 
 
+_PROBE_LOCK = threading.Lock()  # probes run in this process: one at a time (data set registration)
+
+
 def probe(weights, config, train_dataset, test_dataset):
     """kNN and linear-probe top-1 of the backbone in ``weights`` ("" = random) on object crops."""
     import torch
@@ -66,8 +70,8 @@ def probe(weights, config, train_dataset, test_dataset):
     from detpre.evaluation.backbone_probe import evaluate_backbone
 
     cfg = get_detpre_cfg(repo_path(config))
-    register_from_config(cfg)
-    with torch.no_grad():
+    with _PROBE_LOCK, torch.no_grad():
+        register_from_config(cfg)
         return evaluate_backbone(cfg, weights, DatasetCatalog.get(train_dataset),
                                  DatasetCatalog.get(test_dataset))
 
