@@ -66,7 +66,7 @@ def run_logged(cmd, log, label="", total_iter=None, threads=None):
         for line in proc.stdout:
             f.write(line)
             m = _D2_LINE.search(line)
-            if m and time.time() - last >= PROGRESS_S:
+            if m and time.time() - last >= 0.75 * PROGRESS_S:  # the trainer writes every ~20 s
                 last = time.time()
                 it = int(m["iter"]) + 1
                 of = f"/{total_iter}" if total_iter else ""
