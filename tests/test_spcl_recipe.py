@@ -136,14 +136,17 @@ def test_spcl_configs_carry_the_official_recipe(name, period, uda):
         assert cfg.SOLVER.IMS_PER_BATCH == 128 and c.NUM_INSTANCES == 4
 
 
-def test_train_loader_wires_the_balanced_sampler():
+def test_train_loader_wires_the_balanced_sampler(tmp_path):
     from detectron2.data import DatasetCatalog
 
     from detpre.data.build import build_train_loader
 
     def dicts(name, n, pids):
-        return [{"file_name": f"{name}_{i}.jpg", "reid_dataset": name, "pid": pids(i), "index": i,
-                 "image_id": i, "height": 8, "width": 4} for i in range(n)]
+        files = [tmp_path / f"{name}_{i}.jpg" for i in range(n)]
+        for f in files:  # the loader checks up front that every image exists
+            f.write_bytes(b"")
+        return [{"file_name": str(f), "reid_dataset": name, "pid": pids(i), "index": i,
+                 "image_id": i, "height": 8, "width": 4} for i, f in enumerate(files)]
 
     names = ("_pk_src", "_pk_tgt")
     for n in names:

@@ -22,15 +22,22 @@ from detpre.engine.launch import argument_parser, launch
 from detpre.errors import DetpreError
 
 
+def _fail(e):
+    print(f"detpre: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def run(args):
     try:
         return main(args)
     except DetpreError as e:
-        print(f"detpre: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _fail(e)
 
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(run, args)
+    try:
+        launch(run, args)  # reads the config first (MODEL.DEVICE decides NCCL or gloo)
+    except DetpreError as e:
+        _fail(e)
