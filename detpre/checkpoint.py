@@ -9,6 +9,7 @@ with ``bottom_up``/``fpn_*``, ``roi_heads.box_head.*``) and keep momentum copies
 import collections
 import os
 import pickle
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,13 +59,13 @@ def _read_checkpoint(path):
     return ckpt
 
 
-def load_detpre_checkpoint(path):
+def load_detpre_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
     """Returns ``(state_dict, meta_architecture)``; refuses files detpre did not train."""
     ckpt = _read_checkpoint(path)
     return ckpt["model"], ckpt["detpre"]["meta_architecture"]
 
 
-def stored_config(path):
+def stored_config(path: str):
     """The config a detpre checkpoint was trained with (its run info), as a detpre CfgNode; keys
     renamed since it was written are read under their new names."""
     import yaml
@@ -90,7 +91,7 @@ _DETECTOR_OVERRIDES = {
 }
 
 
-def detector_config(cfg, detector=None):
+def detector_config(cfg, detector: Optional[str] = None):
     """A copy of ``cfg`` built as ``detector`` (None: its own meta-architecture), on CPU, no weights."""
     cfg = cfg.clone()
     cfg.defrost()
@@ -102,7 +103,8 @@ def detector_config(cfg, detector=None):
     return cfg
 
 
-def export_checked(checkpoint, detector="mask_rcnn", use_target=False, config_file=None):
+def export_checked(checkpoint: str, detector: str = "mask_rcnn", use_target: bool = False,
+                   config_file: Optional[str] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, list], str, str]:
     """
     Export ``checkpoint`` for ``detector`` and check it against the detector built from
     ``config_file`` (the fine-tuning config) or, by default, from the config stored in the
@@ -131,7 +133,8 @@ def export_checked(checkpoint, detector="mask_rcnn", use_target=False, config_fi
     return weights, report, arch, against
 
 
-def export_weights(state_dict, detector="mask_rcnn", use_target=False):
+def export_weights(state_dict: Dict[str, torch.Tensor], detector: str = "mask_rcnn",
+                   use_target: bool = False) -> Dict[str, np.ndarray]:
     """The online (or EMA target) weights a ``detector`` takes, as numpy arrays."""
     if detector not in DETECTOR_PREFIXES:
         raise ValueError(f"detector {detector!r}: use one of {sorted(DETECTOR_PREFIXES)}")
@@ -150,14 +153,14 @@ def export_weights(state_dict, detector="mask_rcnn", use_target=False):
     return out
 
 
-def save_model_zoo_file(weights, path, author="detpre"):
+def save_model_zoo_file(weights: Dict[str, np.ndarray], path: str, author: str = "detpre") -> None:
     """detectron2's model-zoo ``.pkl`` layout, written to a temporary name and renamed."""
     data = {"model": dict(weights), "__author__": author, "matching_heuristics": False}
     with atomic_open(path, "wb") as f:
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def coverage_report(weights, model):
+def coverage_report(weights: Dict[str, np.ndarray], model: torch.nn.Module) -> Dict[str, list]:
     """
     Compare exported ``weights`` with a detector ``model``'s state dict: which of its keys they
     fill, which stay randomly initialized, which exported keys it does not have or with another shape.

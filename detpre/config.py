@@ -16,6 +16,7 @@ the detpre key it goes with):
 Renamed keys keep their old names for one release (``RENAMED_KEYS``, with a warning).
 """
 import logging
+from typing import Any, Optional, Sequence
 
 from detectron2.config import CfgNode as CN
 
@@ -354,7 +355,7 @@ def add_self_training_config(cfg):
     _C.INPUT.SELF_TRAINING.RANDAUG_M = 9
 
 
-def add_detpre_config(cfg):
+def add_detpre_config(cfg: CN) -> CN:
     """Add every detpre key to ``cfg`` (a detectron2 CfgNode from ``get_cfg()``), in place."""
     add_dataset_config(cfg)
     add_trainer_config(cfg)
@@ -442,7 +443,7 @@ class DetpreCfgNode(CN):
         return super().merge_from_list(cfg_list)
 
 
-def get_detpre_cfg(config_file=None, opts=()):
+def get_detpre_cfg(config_file: Optional[str] = None, opts: Sequence[Any] = ()) -> CN:
     """detectron2's default config plus every detpre key, then ``config_file`` and ``opts``
     (``KEY VALUE ...``) merged in, if given. Old names of renamed keys are accepted with a
     warning (``RENAMED_KEYS``)."""

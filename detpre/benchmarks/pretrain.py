@@ -7,6 +7,7 @@ allocated on GPU).
 """
 import resource
 import tempfile
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def summarize_parts(rows, warmup):
     return parts, float(sum(v for v in parts.values() if not np.isnan(v)))
 
 
-def benchmark_pretrain(cfg, iters=20, warmup=3):
+def benchmark_pretrain(cfg, iters: int = 20, warmup: int = 3) -> Dict[str, Any]:
     """
     Run ``iters`` training iterations of ``cfg`` (the first ``warmup`` untimed) in a scratch
     OUTPUT_DIR. Returns a dict of per-iteration means (seconds) and totals.
@@ -75,7 +76,7 @@ def benchmark_pretrain(cfg, iters=20, warmup=3):
     return out
 
 
-def format_benchmark(r):
+def format_benchmark(r: Dict[str, Any]) -> str:
     """A Markdown table: one row per part of the iteration, with its share."""
     rows = [(name, f"{1000 * s:.1f}", f"{100 * s / r['iteration_s']:.1f}%") for name, s in r["parts"].items()]
     rows.append(("**iteration**", f"{1000 * r['iteration_s']:.1f}", "100%"))

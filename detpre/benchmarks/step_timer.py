@@ -11,6 +11,7 @@ the method's hooks are therefore measured as they train.
 """
 import math
 import time
+from typing import Any, Dict, Iterator
 
 import torch
 from detectron2.utils.events import EventStorage
@@ -34,7 +35,7 @@ def _unique_names(hooks):
 class StepTimer:
     """Times ``trainer`` (a ``DefaultTrainer``, e.g. detpre's ``Trainer``) from its ``start_iter``."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer) -> None:
         self.trainer = trainer
         self.hooks = trainer_hooks(trainer)
         self.hook_names = _unique_names(self.hooks)
@@ -74,7 +75,7 @@ class StepTimer:
         except KeyError:  # written by the main process only
             return math.nan
 
-    def steps(self, iters):
+    def steps(self, iters: int) -> Iterator[Dict[str, Any]]:
         """
         Generator: ``TrainerBase.train``'s loop over at most ``iters`` iterations, yielding after
         each one ``{"parts": {DATA: s, STEP: s, <hook>: s, ...}, "total_loss": loss}``.

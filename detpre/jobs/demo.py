@@ -8,6 +8,7 @@ and its interval.
 of iterations: CI's check that the newcomer's path works.
 """
 import os
+from typing import Any, Dict, Sequence
 
 from .runner import run_logged, run_parallel, say, tool_command, train
 from .transfer import Method, run_transfer
@@ -34,7 +35,8 @@ _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEP
                 "SOLVER.CHECKPOINT_PERIOD", "3"]
 
 
-def expected_seconds(methods, seeds, jobs=2, finetune_opts=()):
+def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2,
+                     finetune_opts: Sequence[str] = ()) -> float:
     """A rough total for the demo on 2 cores (printed up front): the work of every run, shared
     by ``jobs`` cores, plus data, proposals, exports and probes."""
     from detpre.config import get_detpre_cfg
@@ -50,8 +52,8 @@ def expected_seconds(methods, seeds, jobs=2, finetune_opts=()):
     return 60 + 20 * (len(methods) + 1) + (pre + ft) / max(1, jobs)
 
 
-def run_demo(methods=("soco",), seeds=(0, 1, 2), output_dir="output/demo", jobs=2,
-             finetune_opts=(), smoke=False):
+def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2), output_dir: str = "output/demo",
+             jobs: int = 2, finetune_opts: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
     """The demo's transfer result (see ``run_transfer``); ``smoke`` shrinks every run to a few
     iterations and one seed."""
     from detectron2.data import DatasetCatalog
@@ -70,7 +72,7 @@ def run_demo(methods=("soco",), seeds=(0, 1, 2), output_dir="output/demo", jobs=
                         finetune_opts=[*FINETUNE_OPTS, *extra, *finetune_opts])
 
 
-def run_smoke_extras(output_dir, jobs=2):
+def run_smoke_extras(output_dir: str, jobs: int = 2) -> list:
     """A self-training round (``tools/self_train.py``) and SpCL (unsupervised) for a handful of
     iterations each, as subprocesses logged under ``output_dir``."""
     threads = 1 if jobs > 1 else None

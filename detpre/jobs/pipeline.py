@@ -5,6 +5,7 @@ pretraining config (proposals) -> pretrain -> export (checked against the fine-t
 """
 import os
 import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detpre.checkpoint import export_checked, save_model_zoo_file
 from detpre.config import get_detpre_cfg
@@ -14,7 +15,7 @@ from .runner import final_metrics, metrics_records, repo_path, run_logged, say, 
 __all__ = ["prerequisite_opts", "ensure_prerequisites", "pretrain", "export", "probe", "finetune"]
 
 
-def prerequisite_opts(config, out_dir):
+def prerequisite_opts(config: str, out_dir: str) -> List[str]:
     """Overrides that put a config's precomputed inputs (proposal files) under ``out_dir``."""
     cfg = get_detpre_cfg(repo_path(config))
     if not cfg.MODEL.LOAD_PROPOSALS:
@@ -23,7 +24,7 @@ def prerequisite_opts(config, out_dir):
     return ["DATASETS.PROPOSAL_FILES_TRAIN", str(tuple(files))]
 
 
-def ensure_prerequisites(config, opts, label="", threads=None):
+def ensure_prerequisites(config: str, opts: Sequence[str], label: str = "", threads: Optional[int] = None) -> float:
     """Compute what ``config`` + ``opts`` reads but nothing trains: selective-search proposals of
     its training sets (``tools/generate_proposals.py``). Returns seconds spent."""
     cfg = get_detpre_cfg(repo_path(config), opts)
@@ -36,7 +37,8 @@ def ensure_prerequisites(config, opts, label="", threads=None):
     return sec
 
 
-def pretrain(config, out_dir, opts=(), label="", threads=None):
+def pretrain(config: str, out_dir: str, opts: Sequence[str] = (), label: str = "",
+             threads: Optional[int] = None) -> Dict[str, Any]:
     """Train ``config`` into ``out_dir``; returns its cost: wall seconds (None when done
     before), iterations, median logged seconds/iteration and images/s."""
     cfg = get_detpre_cfg(repo_path(config), opts)
@@ -47,7 +49,8 @@ def pretrain(config, out_dir, opts=(), label="", threads=None):
             "train_s": spi * cfg.SOLVER.MAX_ITER, "images_per_s": cfg.SOLVER.IMS_PER_BATCH / spi}
 
 
-def export(checkpoint, path, finetune_config, detector="mask_rcnn"):
+def export(checkpoint: str, path: str, finetune_config: str,
+           detector: str = "mask_rcnn") -> Tuple[str, Optional[Dict[str, list]]]:
     """The model-zoo file of ``checkpoint`` for ``detector``, checked against ``finetune_config``'s
     detector (shape mismatches refused); reused when it exists. Returns ``(path, report)``."""
     report = None
@@ -61,7 +64,7 @@ def export(checkpoint, path, finetune_config, detector="mask_rcnn"):
 _PROBE_LOCK = threading.Lock()  # probes run in this process: one at a time (data set registration)
 
 
-def probe(weights, config, train_dataset, test_dataset):
+def probe(weights: str, config: str, train_dataset: str, test_dataset: str) -> Dict[str, Any]:
     """kNN and linear-probe top-1 of the backbone in ``weights`` ("" = random) on object crops."""
     import torch
     from detectron2.data import DatasetCatalog
@@ -76,7 +79,8 @@ def probe(weights, config, train_dataset, test_dataset):
                                  DatasetCatalog.get(test_dataset))
 
 
-def finetune(config, out_dir, weights=None, seed=0, opts=(), label="", threads=None):
+def finetune(config: str, out_dir: str, weights: Optional[str] = None, seed: int = 0, opts: Sequence[str] = (),
+             label: str = "", threads: Optional[int] = None) -> Tuple[Dict[str, Any], Optional[float]]:
     """Fine-tune ``config`` from ``weights`` (None: random init) with ``SEED seed``; returns the
     final evaluation record (``bbox/AP``, ...) and the wall seconds (None when done before)."""
     init = ["MODEL.WEIGHTS", weights] if weights else []

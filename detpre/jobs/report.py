@@ -1,5 +1,6 @@
 """Tables and plots of job results (strings and files; ``tools/`` prints them)."""
 import math
+from typing import Any, Dict
 
 from tabulate import tabulate
 
@@ -18,7 +19,7 @@ def _diff(d):
     return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" + (" *" if d["excludes_zero"] else "")
 
 
-def transfer_table(result):
+def transfer_table(result: Dict[str, Any]) -> str:
     """Markdown: per init, pretraining cost, probe top-1, AP mean ± std over seeds and the paired
     difference to random init with its 95% interval (``*``: the interval excludes 0)."""
     table = []
@@ -37,7 +38,7 @@ def transfer_table(result):
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def margin_sentence(result, metric="box AP"):
+def margin_sentence(result: Dict[str, Any], metric: str = "box AP") -> str:
     """One line per method saying what its margin over random init means."""
     n = len(result["seeds"])
     lines = []
@@ -51,7 +52,7 @@ def margin_sentence(result, metric="box AP"):
     return "\n".join(lines)
 
 
-def plot_transfer(result, path, metric="box AP"):
+def plot_transfer(result: Dict[str, Any], path: str, metric: str = "box AP") -> str:
     """PNG: ``metric`` (mean, std error bars) against pretraining seconds, one marker per init."""
     import matplotlib
 

@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from detpre.utils.checkpoint_io import is_finished
 
@@ -25,7 +26,7 @@ _PRINT_LOCK = threading.Lock()
 _D2_LINE = re.compile(r"eta: (?P<eta>\S+)\s+iter: (?P<iter>\d+)\s+total_loss: (?P<loss>\S+)")
 
 
-def repo_path(path):
+def repo_path(path: str) -> str:
     """``path`` as given when it exists (relative to the current directory), else relative to
     the repository (``configs/...`` from anywhere)."""
     p = Path(path)
@@ -34,17 +35,18 @@ def repo_path(path):
     return str(REPO_ROOT / p)
 
 
-def tool_command(tool, *args):
+def tool_command(tool: str, *args: Any) -> List[str]:
     """``python tools/<tool>.py args...`` with this interpreter and the repository's tools/."""
     return [sys.executable, str(REPO_ROOT / "tools" / f"{tool}.py"), *map(str, args)]
 
 
-def say(msg):
+def say(msg: str) -> None:
     with _PRINT_LOCK:
         print(msg, flush=True)
 
 
-def run_logged(cmd, log, label="", total_iter=None, threads=None):
+def run_logged(cmd: Sequence[Any], log: str, label: str = "", total_iter: Optional[int] = None,
+               threads: Optional[int] = None) -> float:
     """
     Run ``cmd`` with its output appended to ``log``; print detectron2's progress as
     ``[label] iter i/total, eta`` at most every ``PROGRESS_S`` seconds. ``threads`` sets
@@ -81,12 +83,13 @@ def run_logged(cmd, log, label="", total_iter=None, threads=None):
     return sec
 
 
-def run_parallel(fns, jobs=1):
+def run_parallel(fns: Sequence[Callable[[], Any]], jobs: int = 1) -> List[Any]:
     """Call each of ``fns`` (no arguments) with at most ``jobs`` at once; their results in order."""
     return list(run_graph({i: (fn, ()) for i, fn in enumerate(fns)}, jobs).values())
 
 
-def run_graph(tasks, jobs=1):
+def run_graph(tasks: Dict[Hashable, Tuple[Callable[..., Any], Sequence[Hashable]]],
+              jobs: int = 1) -> Dict[Hashable, Any]:
     """
     ``tasks``: ``{key: (fn, deps)}`` in priority order; ``fn(*results of deps)`` runs once its
     deps are done, with at most ``jobs`` running at once, so a core never idles while some task
@@ -123,7 +126,8 @@ def run_graph(tasks, jobs=1):
     return {k: done[k] for k in tasks}
 
 
-def train(config, out_dir, opts=(), label="", threads=None, log_name="log_job.txt"):
+def train(config: str, out_dir: str, opts: Sequence[Any] = (), label: str = "", threads: Optional[int] = None,
+          log_name: str = "log_job.txt") -> Optional[float]:
     """``tools/train_net.py --config-file config --resume OUTPUT_DIR out_dir opts``; returns
     seconds, or None when the run had finished before (skipped)."""
     from detpre.config import get_detpre_cfg
@@ -138,7 +142,7 @@ def train(config, out_dir, opts=(), label="", threads=None, log_name="log_job.tx
     return run_logged(cmd, os.path.join(out_dir, log_name), label, total, threads)
 
 
-def metrics_records(out_dir):
+def metrics_records(out_dir: str) -> List[Dict[str, Any]]:
     """Every record of ``out_dir/metrics.json`` (detectron2's JSONWriter), [] when absent."""
     path = os.path.join(out_dir, "metrics.json")
     if not os.path.isfile(path):
@@ -147,7 +151,7 @@ def metrics_records(out_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def final_metrics(out_dir):
+def final_metrics(out_dir: str) -> Dict[str, Any]:
     """The last evaluation record (one with ``bbox/AP``) in ``out_dir/metrics.json``, or {}."""
     found = {}
     for r in metrics_records(out_dir):

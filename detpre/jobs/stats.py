@@ -4,18 +4,19 @@ two initializations is made over S seeds, paired by seed (same data order, same 
 """
 import math
 import statistics
+from typing import Any, Dict, Sequence, Tuple
 
 __all__ = ["mean_std", "paired_difference", "t_quantile"]
 
 
-def t_quantile(df, confidence=0.95):
+def t_quantile(df: int, confidence: float = 0.95) -> float:
     """Two-sided Student-t quantile (scipy's), e.g. 4.303 for df=2 at 95%."""
     from scipy.stats import t
 
     return float(t.ppf(0.5 + confidence / 2, df))
 
 
-def mean_std(values):
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     """``(mean, sample std)``; std is 0 for a single value and NaN for none."""
     values = [float(v) for v in values]
     if not values:
@@ -23,7 +24,7 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def paired_difference(a, b, confidence=0.95):
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Dict[str, Any]:
     """
     ``a - b`` paired by position (seed): mean, std, and the t-interval of the mean difference
     ``(low, high)``; ``excludes_zero`` says whether the interval lies on one side of 0.

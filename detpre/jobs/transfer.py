@@ -7,6 +7,7 @@ difference to random init paired by seed, with its 95% t-interval.
 """
 import math
 import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detpre.config import get_detpre_cfg
 from detpre.utils.io import write_json_atomic
@@ -23,14 +24,14 @@ METRICS = (("box AP", "bbox/AP"), ("box AP50", "bbox/AP50"), ("mask AP", "segm/A
 class Method:
     """A pretraining to compare: a name, its config and overrides."""
 
-    def __init__(self, name, config, opts=()):
+    def __init__(self, name: str, config: str, opts: Sequence[Any] = ()):
         self.name, self.config, self.opts = name, config, [str(o) for o in opts]
 
     def __repr__(self):
         return f"Method({self.name!r}, {self.config!r})"
 
 
-def schedule_opts(cfg, iters):
+def schedule_opts(cfg, iters: int) -> List[str]:
     """Config overrides that fit ``cfg``'s LR schedule into ``iters`` iterations."""
     ratio = iters / float(cfg.SOLVER.MAX_ITER)
     steps = tuple(sorted({max(1, min(iters - 1, int(round(s * ratio)))) for s in cfg.SOLVER.STEPS}))
@@ -39,7 +40,7 @@ def schedule_opts(cfg, iters):
             "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(iters)]
 
 
-def calibrated_iters(cfg, budget_s, cache, calibration_iters=20):
+def calibrated_iters(cfg, budget_s: float, cache: str, calibration_iters: int = 20) -> int:
     """Iterations of ``cfg`` that fit ``budget_s`` seconds, from a timed run of its real Trainer
     (the step timer), cached in ``cache``."""
     import json
@@ -66,8 +67,9 @@ def _summary(runs, baseline):
     return out
 
 
-def run_transfer(methods, finetune_config, output_dir, seeds=(0, 1, 2), jobs=2, finetune_opts=(),
-                 budget_s=None, probe_datasets=None, calibration_iters=20):
+def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: str, seeds: Sequence[int] = (0, 1, 2),
+                 jobs: int = 2, finetune_opts: Sequence[str] = (), budget_s: Optional[float] = None,
+                 probe_datasets: Optional[Tuple[str, str]] = None, calibration_iters: int = 20) -> Dict[str, Any]:
     """
     Run the benchmark into ``output_dir``; returns ``{"rows": [...], ...}`` (also written to
     ``output_dir/benchmark_transfer.json``). ``jobs`` runs go at once (one thread each when

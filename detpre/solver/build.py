@@ -39,7 +39,7 @@ def _lars_param_groups(cfg, model):
     return [g for g in groups.values() if g["params"]]
 
 
-def build_optimizer(cfg, model):
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     if wants_full_model_clipping(cfg):  # one global norm (Fast-MoCo), see paper_recipes.py
         clip = cfg.SOLVER.CLIP_GRADIENTS
         plain = cfg.clone()
