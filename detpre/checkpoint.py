@@ -28,6 +28,8 @@ DETECTOR_PREFIXES = {
     "mask_rcnn": ("backbone.", "roi_heads.box_head."),
     "faster_rcnn": ("backbone.", "roi_heads.box_head."),
     "retinanet": ("backbone.",),
+    # ResNet + FPN for any FPN detector, its RoI box head left to the detector's own init
+    "backbone_fpn": ("backbone.",),
     "backbone": ("backbone.bottom_up.",),
 }
 
@@ -87,6 +89,7 @@ _DETECTOR_OVERRIDES = {
     "mask_rcnn": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": True},
     "faster_rcnn": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
     "retinanet": {"META_ARCHITECTURE": "RetinaNet", "MASK_ON": False},
+    "backbone_fpn": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
     "backbone": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
 }
 

@@ -10,7 +10,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from detpre.checkpoint import detector_config, export_checked, save_model_zoo_file
+from detpre.checkpoint import DETECTOR_PREFIXES, detector_config, export_checked, save_model_zoo_file
 from detpre.config import get_detpre_cfg
 
 METHODS = {  # demo config, what the method trains beyond the ResNet
@@ -19,7 +19,7 @@ METHODS = {  # demo config, what the method trains beyond the ResNet
     "mocov3": ("configs/demo/mocov3_R18_tiny.yaml", ()),
     "jigsaw": ("configs/demo/jigsaw_R18_tiny.yaml", ()),
 }
-DETECTORS = ("mask_rcnn", "faster_rcnn", "retinanet")
+DETECTORS = ("mask_rcnn", "faster_rcnn", "retinanet", "backbone_fpn")
 
 
 def _randomize(model, seed):
@@ -85,7 +85,7 @@ def test_export_computes_the_same_features(repo_root, tmp_path, method, use_targ
                 fpn = det.backbone(x)
                 levels = ("p2", "p3", "p4", "p5")
                 assert _max_diff({k: ref_fpn[k] for k in levels}, {k: fpn[k] for k in levels}) <= 1e-5
-            if "box_head" in trained and detector != "retinanet":
+            if "box_head" in trained and "roi_heads.box_head." in DETECTOR_PREFIXES[detector]:
                 feats = torch.randn(5, 64, 7, 7, generator=torch.Generator().manual_seed(2))
                 a, b = src.roi_heads.box_head(feats), det.roi_heads.box_head(feats)
                 assert (a - b).abs().max().item() <= 1e-5

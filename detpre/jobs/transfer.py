@@ -22,10 +22,12 @@ METRICS = (("box AP", "bbox/AP"), ("box AP50", "bbox/AP50"), ("mask AP", "segm/A
 
 
 class Method:
-    """A pretraining to compare: a name, its config and overrides."""
+    """A pretraining to compare: a name, its config and overrides, and which of its parts the
+    fine-tuning detector takes (``detector``: a ``detpre.checkpoint.DETECTOR_PREFIXES`` key)."""
 
-    def __init__(self, name: str, config: str, opts: Sequence[Any] = ()):
+    def __init__(self, name: str, config: str, opts: Sequence[Any] = (), detector: str = "mask_rcnn"):
         self.name, self.config, self.opts = name, config, [str(o) for o in opts]
+        self.detector = detector
 
     def __repr__(self):
         return f"Method({self.name!r}, {self.config!r})"
@@ -98,7 +100,7 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
         out = os.path.join(output_dir, m.name, "pretrain")
         cost = pretrain(m.config, out, opts, f"{m.name} pretraining", threads)
         weights, _ = export(os.path.join(out, "model_final.pth"), os.path.join(output_dir, m.name, "export.pkl"),
-                            finetune_config)
+                            finetune_config, m.detector)
         return cost, weights
 
     def finetune_job(name, seed):
