@@ -7,7 +7,8 @@ Export a detpre pretraining checkpoint as a detectron2 model-zoo .pkl that MODEL
 
 Only the online weights (or, with --ema, the momentum target's) that the detector takes are written:
 Mask R-CNN / Faster R-CNN: backbone + FPN + RoI box head; RetinaNet and backbone_fpn: backbone + FPN
-(backbone_fpn: for any FPN detector that keeps its own box head init); backbone: the ResNet. The export is checked against the detector built from the config stored in the checkpoint
+(backbone_fpn: for any FPN detector that keeps its own box head init); backbone: the ResNet.
+The export is checked against the detector built from the config stored in the checkpoint
 (or from --config-file, the fine-tuning config): the report says which of its keys the export
 fills and which stay random; an export whose shapes do not fit is refused and nothing is written.
 """
