@@ -65,11 +65,15 @@ class AMPStep(SimpleTrainer):
         super().__init__(model, data_loader, optimizer)
         self.precision = precision
 
-    def run_step(self):
-        assert self.model.training, "[AMPStep] model was changed to eval mode!"
+    def next_batch(self):
+        """The next batch and the seconds spent waiting for it (detectron2's ``data_time``)."""
+        assert self.model.training, f"[{type(self).__name__}] model was changed to eval mode!"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+        return data, time.perf_counter() - start
+
+    def run_step(self):
+        data, data_time = self.next_batch()
         with self.precision.autocast():
             loss_dict = self.model(data)
             if isinstance(loss_dict, torch.Tensor):

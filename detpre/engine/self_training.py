@@ -14,7 +14,6 @@ threshold/augmentation do to the pseudo loss's scale. With LOSS_NORM off, L = L_
 The two streams go through the (unchanged) detector in two forward/backward passes, so the
 model and its checkpoint stay a plain detectron2 detector.
 """
-import time
 
 import torch
 import torch.distributed as dist
@@ -108,10 +107,7 @@ class SelfTrainingStep(AMPStep):
         self.normalizer = normalizer
 
     def run_step(self):
-        assert self.model.training, "[SelfTrainingStep] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+        data, data_time = self.next_batch()
         labeled = [d for d in data if d.get("stream", "labeled") == "labeled"]
         pseudo = [d for d in data if d.get("stream") == "pseudo"]
         if not labeled or not pseudo:
