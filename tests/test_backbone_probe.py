@@ -114,3 +114,19 @@ def test_weights_load_from_pkl_and_detpre_checkpoint_and_knn_finds_itself(tmp_pa
         build_probe_backbone(cfg, pkl)
     with pytest.raises(FileNotFoundError):
         read_backbone_weights(str(tmp_path / "missing.pkl"))
+
+
+def test_random_init_probe_backbone_is_seeded_and_leaves_the_global_rng_alone():
+    cfg = _cfg()
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_probe_backbone(cfg).state_dict()
+    after = torch.rand(1)
+    torch.manual_seed(7)  # another global state: the same random-init backbone
+    b = build_probe_backbone(cfg).state_dict()
+    c = build_probe_backbone(cfg, seed=1).state_dict()
+    w = "stem.conv1.weight"
+    torch.testing.assert_close(a[w], b[w])
+    assert not torch.equal(a[w], c[w])
+    assert torch.equal(before, after)  # fork_rng: the caller's random stream is not consumed

@@ -9,6 +9,9 @@ AP mean ± std and the paired difference to random init with its 95% interval:
         configs/demo/soco_R18_FPN_tiny.yaml configs/demo/jigsaw_R18_tiny.yaml \\
         configs/demo/fastmoco_R18_tiny.yaml [-- fine-tuning KEY VALUE ...]
 
+``--detector backbone_fpn`` (or ``CONFIG:backbone_fpn`` for one config) transfers only the ResNet
+and FPN, leaving the RoI box head to the detector's own init.
+
 Finished steps are skipped, killed ones resume; results go to <output-dir>/benchmark_transfer.json
 and a plot (AP against pretraining seconds) to <output-dir>/transfer.png.
 """
@@ -16,6 +19,7 @@ import argparse
 import os
 
 import detpre  # noqa: F401  (registers every component)
+from detpre.checkpoint import DETECTOR_PREFIXES
 from detpre.jobs.report import margin_sentence, plot_transfer, transfer_table
 from detpre.jobs.transfer import Method, run_transfer
 
@@ -26,6 +30,9 @@ def main(argv=None):
     ap.add_argument("--budget-seconds", type=float, default=0.0,
                     help="training seconds each pretraining gets (0: each config's own MAX_ITER)")
     ap.add_argument("--finetune-config", default="configs/demo/mask_rcnn_R18_FPN_tiny.yaml")
+    ap.add_argument("--detector", default="mask_rcnn", choices=sorted(DETECTOR_PREFIXES),
+                    help="the parts each export gives the fine-tuning detector (tools/convert_pretrained.py's "
+                         "--detector); a config may override it as PATH:DETECTOR")
     ap.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds, paired across inits")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each when > 1)")
     ap.add_argument("--output-dir", default="output/benchmark_transfer")
@@ -34,7 +41,13 @@ def main(argv=None):
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="overrides for the fine-tuning runs")
     args = ap.parse_args(argv)
     opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
-    methods = [Method(os.path.splitext(os.path.basename(c))[0], c) for c in args.configs]
+    methods = []
+    for spec in args.configs:
+        config, _, detector = spec.partition(":")
+        if detector and detector not in DETECTOR_PREFIXES:
+            ap.error(f"{spec}: unknown detector {detector!r}; use one of {sorted(DETECTOR_PREFIXES)}")
+        name = os.path.splitext(os.path.basename(config))[0] + (f"_{detector}" if detector else "")
+        methods.append(Method(name, config, detector=detector or args.detector))
     result = run_transfer(methods, args.finetune_config, args.output_dir,
                           seeds=[int(s) for s in args.seeds.split(",") if s], jobs=args.jobs,
                           finetune_opts=opts, budget_s=args.budget_seconds or None,

@@ -82,9 +82,12 @@ def read_backbone_weights(path, use_target=False):
     return out
 
 
-def build_probe_backbone(cfg, weights="", use_target=False):
-    """``cfg``'s ResNet (MODEL.RESNETS.*) in eval mode, loaded from ``weights`` ("" = random init)."""
-    backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+def build_probe_backbone(cfg, weights="", use_target=False, seed=0):
+    """``cfg``'s ResNet (MODEL.RESNETS.*) in eval mode, loaded from ``weights`` ("" = random init,
+    drawn with ``seed`` so that the random-init probe is one number, not a fresh draw per run)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
     if weights:
         state = read_backbone_weights(weights, use_target)
         own = backbone.state_dict()
