@@ -14,6 +14,11 @@ def _pm(s):
     return f"{s['mean']:.2f} ± {s['std']:.2f}"
 
 
+def _pm_n(s):
+    """Mean ± std, or the value alone when there is one."""
+    return f"{s['mean']:.2f}" if len(s.get("values", ())) == 1 else _pm(s)
+
+
 def _diff(d):
     if d is None:
         return "-"
@@ -73,7 +78,7 @@ def self_training_table(result: Dict[str, Any], metric: str = "box AP") -> str:
     and the paired difference student − control with its 95% interval (``*``: excludes 0)."""
     table = []
     for row in result["rounds"]:
-        table.append([row["round"], _pm(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
+        table.append([row["round"], _pm_n(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
                       _q(row, "kept", "{:.0f}"), _q(row, "teacher unlabeled box AP"),
                       _pm(row["student"][metric]), _pm(row["control"][metric]), _diff(row["difference"][metric])])
     headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "PL recall", "PL boxes",
@@ -113,7 +118,9 @@ def _pyplot():
 
 def plot_pseudo_label_curves(result: Dict[str, Any], path: str) -> str:
     """PNG: pseudo-label precision and recall against the score threshold, one colour per round
-    (mean over its teachers), the threshold used marked."""
+    (mean over its teachers; precision is undefined where no box is kept), the threshold used marked."""
+    import warnings
+
     import numpy as np
 
     plt = _pyplot()
@@ -124,8 +131,10 @@ def plot_pseudo_label_curves(result: Dict[str, Any], path: str) -> str:
         curves = row["quality"]["curves"]
         t = curves[0]["threshold"]
         for key, style in (("precision", "-"), ("recall", "--")):
-            ax.plot(t, np.nanmean([c[key] for c in curves], axis=0), style, color=colour,
-                    label=f"round {row['round']} {key}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN (not drawn)
+                mean = np.nanmean(np.asarray([c[key] for c in curves], np.float64), axis=0)
+            ax.plot(t, mean, style, color=colour, label=f"round {row['round']} {key}")
     ax.axvline(result["threshold"], color="gray", lw=0.8, ls=":", label="threshold used")
     ax.set_xlabel("teacher score threshold")
     ax.set_ylabel("pseudo-labels vs ground truth (IoU ≥ 0.5)")
