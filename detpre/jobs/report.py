@@ -7,7 +7,7 @@ from tabulate import tabulate
 from detpre.utils.io import atomic_open
 
 __all__ = ["transfer_table", "plot_transfer", "margin_sentence", "self_training_table", "self_training_margin",
-           "plot_pseudo_label_curves"]
+           "plot_pseudo_label_curves", "self_train_rounds_table"]
 
 
 def _pm(s):
@@ -83,6 +83,29 @@ def self_training_table(result: Dict[str, Any], metric: str = "box AP") -> str:
                       _pm(row["student"][metric]), _pm(row["control"][metric]), _diff(row["difference"][metric])])
     headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "PL recall", "PL boxes",
                "teacher box AP (unlabeled)", f"student {metric}", f"control {metric}", "Δ student − control [95% CI]"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _f(v):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def self_train_rounds_table(rows) -> str:
+    """Markdown, a row per round of ``tools/self_train.py`` (``self_train``'s rows): the teacher's
+    box AP, its pseudo-labels' precision / recall and box AP on the unlabeled images (when the
+    unlabeled set has an evaluation-only ground truth), the student's box AP and the control's
+    (when trained)."""
+    table = []
+    for r in range(1, len(rows)):
+        teacher, student = rows[r - 1], rows[r]
+        q = student.get("pseudo_labels") or {}
+        table.append([r, _f(teacher.get("bbox/AP")), _f(q.get("precision")), _f(q.get("recall")),
+                      q.get("kept", "-"), _f(q.get("teacher_unlabeled", {}).get("AP")), _f(student.get("bbox/AP")),
+                      _f(student.get("control", {}).get("bbox/AP"))])
+    thr = next((r["pseudo_labels"]["threshold"] for r in rows if r.get("pseudo_labels")), None)
+    at = f" @{thr}" if isinstance(thr, float) else ""
+    headers = ["round", "teacher box AP", f"PL precision{at}", "PL recall", "PL boxes", "teacher box AP (unlabeled)",
+               "student box AP", "control box AP"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
