@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 from _self_training_data import write_images
 
@@ -95,3 +96,38 @@ def test_student_and_control_differ_only_in_pseudo_labels(tmp_path, fake_jobs):
 def test_no_seed_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="at least one round and one seed"):
         bench.run_self_training_benchmark("a.yaml", "b.yaml", str(tmp_path), seeds=())
+
+
+def test_label_round_measures_the_pseudo_labels_it_writes(tmp_path):
+    """With a ground truth: detections + filtered pseudo-labels + quality, reused on a second call."""
+    import torch
+    from _self_training_data import tiny_cfg, write_coco
+    from detectron2.modeling import build_model
+
+    from detpre.pseudo_labels import pseudo_label_quality
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    weights = str(tmp_path / "teacher.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    dicts = write_images(str(tmp_path / "imgs"), 3)
+    gt = write_coco(str(tmp_path / "gt.json"), dicts)
+    rdir = str(tmp_path / "round1")
+    plain = [{"file_name": d["file_name"], "image_id": d["image_id"]} for d in dicts]
+    st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": 0.9, "progress": False}, gt)
+    dets = os.path.join(rdir, "teacher_detections.json")
+    data = json.load(open(dets))
+    thr = float(np.median([a["score"] for a in data["annotations"]]))  # keeps about half of them
+    for f in ("pseudo_labels.json", "pseudo_label_quality.json"):
+        os.remove(os.path.join(rdir, f))
+    pl, q = st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": thr, "progress": False}, gt)
+    kept = json.load(open(pl))
+    assert json.load(open(dets)) == data  # the detections were reused, only the threshold changed
+    assert min(a["score"] for a in data["annotations"]) < thr <= min(a["score"] for a in kept["annotations"])
+    assert q["threshold"] == thr and q["kept"] == len(kept["annotations"]) > 0 and q["groundtruth"] == 4
+    assert q["precision"] == pseudo_label_quality(dets, gt, thr)["precision"]
+    assert 0 <= q["teacher_unlabeled"]["AP"] <= 100 and q["curve"]["threshold"][0] == 0.05
+    stamp = os.path.getmtime(pl)
+    again = st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": thr}, gt)  # reused
+    assert again[0] == pl and json.dumps(again[1], sort_keys=True) == json.dumps(q, sort_keys=True)
+    assert os.path.getmtime(pl) == stamp
