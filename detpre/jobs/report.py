@@ -69,6 +69,8 @@ def _q(row, key, fmt="{:.2f}"):
     if not q:
         return "-"
     s = q[key]
+    if math.isnan(s["mean"]):  # precision of no kept box
+        return "-"
     return fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if len(s["values"]) > 1 else "")
 
 
@@ -80,7 +82,7 @@ def self_training_table(result: Dict[str, Any], metric: str = "box AP") -> str:
     for row in result["rounds"]:
         table.append([row["round"], _pm_n(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
                       _q(row, "kept", "{:.0f}"), _q(row, "teacher unlabeled box AP"),
-                      _pm(row["student"][metric]), _pm(row["control"][metric]), _diff(row["difference"][metric])])
+                      _pm_n(row["student"][metric]), _pm_n(row["control"][metric]), _diff(row["difference"][metric])])
     headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "PL recall", "PL boxes",
                "teacher box AP (unlabeled)", f"student {metric}", f"control {metric}", "Δ student − control [95% CI]"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
