@@ -87,6 +87,10 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     groundtruth = groundtruth or unlabeled_groundtruth(unlabeled)
     say(f"[self-training benchmark] {len(dicts)} unlabeled images of {unlabeled}; pseudo-label quality "
         + (f"against {groundtruth}" if groundtruth else "not measured (no ground truth)"))
+    t_iters = get_detpre_cfg(teacher_config, _opt_str(teacher_opts)).SOLVER.MAX_ITER
+    say(f"[self-training benchmark] plan: a teacher ({t_iters} it), then per round {len(seeds)} students and "
+        f"{len(seeds)} controls ({scfg.SOLVER.MAX_ITER} it each, {scfg.SOLVER.IMS_PER_BATCH} images a batch), "
+        f"{rounds} round(s), {jobs} run(s) at once")
     os.makedirs(output_dir, exist_ok=True)
 
     def seed_dir(r, s):
