@@ -155,14 +155,15 @@ def _outdated(found, params):
 
 
 def _move_aside(root, parent):
-    """Remove the outdated demo at ``root`` (renamed first, so ``root`` is never half-deleted);
-    another process may have moved it already."""
+    """Rename the outdated demo at ``root`` out of the way (so ``root`` is never half-deleted) and
+    return the directory it went to, to delete once the new one is in place; another process may
+    have moved it already."""
     old = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)
     try:
         os.rename(root, os.path.join(old, "demo"))
     except FileNotFoundError:
         pass
-    shutil.rmtree(old, ignore_errors=True)
+    return old
 
 
 def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=300):
@@ -206,6 +207,7 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
+    old = None
     try:
         os.makedirs(os.path.join(tmp, "annotations"))
         categories = [{"id": cid, "name": name, "supercategory": "shape"}
@@ -215,8 +217,7 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=
             _generate_split(tmp, split, code, n, seed, categories)
         _write_json(os.path.join(tmp, DEMO_MARKER), params)
         os.chmod(tmp, 0o755)  # mkdtemp made it private
-        if outdated:
-            _move_aside(root, parent)
+        old = _move_aside(root, parent) if outdated else None
         try:
             os.rename(tmp, root)  # atomic; fails if root is a non-empty dir
         except OSError:
@@ -226,6 +227,7 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=
                 f"{root} exists but is not a complete detpre demo data set "
                 f"(no {DEMO_MARKER}); delete it and run again") from None
     finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover and os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
     return root
