@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import demo_root, generate_demo_dataset, register_demo
+from detpre.data.datasets.demo_gen import DEMO_MARKER, DEMO_VERSION, UNLABELED_GROUNDTRUTH
 from detpre.data.datasets.masks import mask_to_polygons
 
 SMALL = dict(num_train=6, num_val=5, num_unlabeled=4)
@@ -32,7 +33,7 @@ def small_demo(tmp_path_factory):
 def test_deterministic(small_demo, tmp_path):
     again = generate_demo_dataset(str(tmp_path / "again"), **SMALL)
     files = _files(small_demo)
-    assert files == _files(again) and len(files) == 6 + 5 + 4 + 4
+    assert files == _files(again) and len(files) == 6 + 5 + 4 + 5
     _, mismatch, errors = filecmp.cmpfiles(small_demo, again, files, shallow=False)
     assert mismatch == [] and errors == []
     other = generate_demo_dataset(str(tmp_path / "seed1"), seed=1, **SMALL)
@@ -115,6 +116,39 @@ def test_existing_root(small_demo, tmp_path):
     assert os.listdir(tmp_path) == ["junk"]  # no temp dir left behind
 
 
+def test_unlabeled_groundtruth_beside_the_image_list(small_demo):
+    """The unlabeled split's boxes are written (for pseudo-label quality), same images as its list."""
+    gt = COCO(os.path.join(small_demo, UNLABELED_GROUNDTRUTH))
+    with open(os.path.join(small_demo, "annotations", "image_info_unlabeled.json")) as f:
+        listed = json.load(f)["images"]
+    assert sorted(gt.imgs.values(), key=lambda i: i["id"]) == listed
+    assert sorted(os.listdir(os.path.join(small_demo, "images", "unlabeled"))) == [i["file_name"] for i in listed]
+    assert len(gt.anns) >= 2 * len(listed)
+    assert all(len(gt.getAnnIds(imgIds=[i["id"]])) >= 2 for i in listed)
+
+
+def test_outdated_demo_is_regenerated(small_demo, tmp_path):
+    """A demo dir of DEMO_VERSION 1 (no unlabeled ground truth) becomes the current one."""
+    import shutil
+
+    old = str(tmp_path / "old")
+    shutil.copytree(small_demo, old)
+    os.remove(os.path.join(old, UNLABELED_GROUNDTRUTH))
+    with open(os.path.join(old, DEMO_MARKER)) as f:
+        marker = json.load(f)
+    with open(os.path.join(old, DEMO_MARKER), "w") as f:
+        json.dump({**marker, "version": 1}, f)
+    assert generate_demo_dataset(old, **SMALL) == old
+    files = _files(small_demo)
+    _, mismatch, errors = filecmp.cmpfiles(small_demo, old, files, shallow=False)
+    assert files == _files(old) and mismatch == [] and errors == []
+    assert sorted(os.listdir(tmp_path)) == ["old"]  # the old copy and the temp dir are gone
+    with open(os.path.join(old, DEMO_MARKER), "w") as f:
+        json.dump({**marker, "version": DEMO_VERSION + 1}, f)
+    with pytest.raises(FileExistsError, match="delete"):  # a newer one is not overwritten
+        generate_demo_dataset(old, **SMALL)
+
+
 def _generate(root):
     generate_demo_dataset(root, **SMALL)
 
@@ -182,3 +216,6 @@ def test_register_demo_generates_on_first_use(tmp_path, fresh_demo_names):
     unlabeled = DatasetCatalog.get("detpre_demo_unlabeled")
     assert len(unlabeled) == 300 and all("annotations" not in d for d in unlabeled)
     assert unlabeled[0]["image_id"] == "unlabeled_000000.jpg"
+    gt = MetadataCatalog.get("detpre_demo_unlabeled").eval_only_json_file
+    assert os.path.isfile(gt) and gt not in [MetadataCatalog.get(n).get("json_file", None)
+                                               for n in DatasetCatalog.list()]

@@ -186,3 +186,27 @@ def test_visualize_writes_pngs(tmp_path, teacher):
         img = cv2.imread(p)
         assert img.shape[:2] == (d["height"], d["width"])
         assert not np.array_equal(img, cv2.imread(d["file_name"]))  # something was drawn
+
+
+def test_filtered_detections_are_the_pseudo_labels(tmp_path, teacher):
+    """Labelling once at the detector's test threshold and keeping the boxes >= the pseudo-label
+    threshold writes exactly what labelling at that threshold writes (what training sees)."""
+    from detpre.pseudo_labels import detections_floor, filter_pseudo_labels
+
+    cfg, model = teacher
+    cfg, model = cfg.clone(), model.eval()  # (an earlier test may leave it training)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+    dicts = write_images(tmp_path / "imgs", 4)
+    thr = float(np.median(np.concatenate(_direct_scores(model, cfg, dicts))))
+    direct, dets, kept = (str(tmp_path / n) for n in ("direct.json", "dets.json", "kept.json"))
+    label_images(cfg, dicts, direct, model=model, score_threshold=thr, progress=False)
+    floor = detections_floor(cfg, [thr] * 3)
+    assert floor == 0.05
+    label_images(cfg, dicts, dets, model=model, score_threshold=floor, progress=False)
+    filter_pseudo_labels(dets, kept, [thr] * 3)
+    a, b, d = (json.load(open(p)) for p in (direct, kept, dets))
+    assert len(d["annotations"]) > len(a["annotations"]) > 0
+    assert a["annotations"] == b["annotations"] and a["images"] == b["images"]
+    assert a["categories"] == b["categories"] and a["info"]["score_thresholds"] == b["info"]["score_thresholds"]
+    with pytest.raises(ValueError, match="label again"):
+        filter_pseudo_labels(dets, kept, [0.01] * 3)

@@ -7,7 +7,10 @@ teacher -> pseudo-labels -> student, the student teaching the next round. On the
         --student-config configs/demo/self_training_mask_rcnn_R18_FPN_tiny.yaml \
         --output output/demo/self_training --rounds 1
 
-Re-running continues a killed run. Prints teacher and student AP.
+Re-running continues a killed run. Prints teacher and student AP, and per round the teacher's AP,
+its pseudo-labels' precision / recall (where the unlabeled set has an evaluation-only ground truth,
+as the demo's has), the student's AP and, with ``--control``, the AP of a control trained like the
+student on labeled images only (tools/benchmark_self_training.py repeats that over seeds).
 """
 import argparse
 import os
@@ -15,6 +18,7 @@ import os
 from detectron2.utils.logger import setup_logger
 
 import detpre  # noqa: F401  (registers every component)
+from detpre.jobs.report import self_train_rounds_table
 from detpre.jobs.self_training import format_rows, self_train
 from detpre.utils.io import write_json_atomic
 
@@ -33,6 +37,8 @@ def main():
                         "(default: the student config's MODEL.WEIGHTS)")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--control", action="store_true",
+                   help="also train each round's control: the student's run with labeled images in both streams")
     p.add_argument("--teacher-opts", nargs="*", default=[])
     p.add_argument("--student-opts", nargs="*", default=[])
     a = p.parse_args()
@@ -43,9 +49,9 @@ def main():
                       teacher_weights=a.teacher_weights, unlabeled_dataset=a.unlabeled,
                       teacher_opts=a.teacher_opts, student_opts=a.student_opts,
                       student_from_teacher=a.student_from_teacher,
-                      label_kwargs={"score_threshold": a.threshold, "tta": a.tta})
-    table = format_rows(rows)
-    print("\n" + table)
+                      label_kwargs={"score_threshold": a.threshold, "tta": a.tta}, control=a.control)
+    print("\n" + format_rows(rows))
+    print("\n" + self_train_rounds_table(rows))
     write_json_atomic(os.path.join(a.output, "results.json"), rows, indent=1)
 
 

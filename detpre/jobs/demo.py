@@ -4,8 +4,8 @@
 Fast-MoCo, MoCo v3) is pretrained, exported and fine-tuned into the tiny Mask R-CNN on `train`
 with S seeds, next to random init with the same seeds and budget; AP on `val`, the paired margin
 and its interval.
-``smoke=True`` runs every method's pipeline (and a self-training round and SpCL) for a handful
-of iterations: CI's check that the newcomer's path works.
+``smoke=True`` runs every method's pipeline (and the self-training benchmark and SpCL) for a
+handful of iterations: CI's check that the newcomer's path works.
 """
 import os
 from typing import Any, Dict, Sequence
@@ -73,17 +73,15 @@ def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2
 
 
 def run_smoke_extras(output_dir: str, jobs: int = 2) -> list:
-    """A self-training round (``tools/self_train.py``) and SpCL (unsupervised) for a handful of
-    iterations each, as subprocesses logged under ``output_dir``."""
+    """The self-training benchmark (``tools/benchmark_self_training.py --smoke``: teacher, pseudo-
+    labels and their quality, student and control, one seed) and SpCL (unsupervised) for a handful
+    of iterations each, as subprocesses logged under ``output_dir``."""
     threads = 1 if jobs > 1 else None
     spcl_opts = ["SOLVER.MAX_ITER", "4", "MODEL.SPCL.CLUSTER_PERIOD", "2", "TEST.EVAL_PERIOD", "0"]
     st_dir = os.path.join(output_dir, "self_training")
-    st_cmd = tool_command("self_train", "--teacher-config", "configs/demo/mask_rcnn_R18_FPN_tiny.yaml",
-                          "--student-config", "configs/demo/self_training_mask_rcnn_R18_FPN_tiny.yaml",
-                          "--output", st_dir, "--rounds", "1", "--teacher-opts", *_SMOKE_ITERS,
-                          "--student-opts", *_SMOKE_ITERS)
+    st_cmd = tool_command("benchmark_self_training", "--smoke", "--jobs", "1", "--output-dir", st_dir)
     return run_parallel([
         lambda: train("configs/demo/spcl_usl_R18_tiny.yaml", os.path.join(output_dir, "spcl"), spcl_opts,
                       "spcl", threads),
-        lambda: run_logged(st_cmd, os.path.join(st_dir, "log_job.txt"), "self-training round", threads=threads),
+        lambda: run_logged(st_cmd, os.path.join(st_dir, "log_job.txt"), "self-training benchmark", threads=threads),
     ], jobs)

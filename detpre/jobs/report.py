@@ -6,11 +6,17 @@ from tabulate import tabulate
 
 from detpre.utils.io import atomic_open
 
-__all__ = ["transfer_table", "plot_transfer", "margin_sentence"]
+__all__ = ["transfer_table", "plot_transfer", "margin_sentence", "self_training_table", "self_training_margin",
+           "plot_pseudo_label_curves", "self_train_rounds_table"]
 
 
 def _pm(s):
     return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def _pm_n(s):
+    """Mean ± std, or the value alone when there is one."""
+    return f"{s['mean']:.2f}" if len(s.get("values", ())) == 1 else _pm(s)
 
 
 def _diff(d):
@@ -38,27 +44,134 @@ def transfer_table(result: Dict[str, Any]) -> str:
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _verdict(d, baseline):
+    """What a paired difference ``d`` (``paired_difference``) to ``baseline`` means."""
+    if d["n"] < 2:
+        return f"one seed: no interval, no verdict against {baseline}"
+    return (f"better than {baseline} beyond the seed noise" if d["low"] > 0 else
+            f"worse than {baseline} beyond the seed noise" if d["high"] < 0 else
+            f"not distinguishable from {baseline} at this budget")
+
+
 def margin_sentence(result: Dict[str, Any], metric: str = "box AP") -> str:
     """One line per method saying what its margin over random init means."""
     n = len(result["seeds"])
     lines = []
     for r in result["rows"][1:]:
         d = r["summary"][metric]["vs_random"]
-        verdict = ("better than random init beyond the seed noise" if d["low"] > 0 else
-                   "worse than random init beyond the seed noise" if d["high"] < 0 else
-                   "not distinguishable from random init at this budget")
         lines.append(f"{r['init']}: {metric} {d['mean']:+.2f} over random init, 95% interval "
-                     f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds -> {verdict}.")
+                     f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds -> {_verdict(d, 'random init')}.")
     return "\n".join(lines)
 
 
-def plot_transfer(result: Dict[str, Any], path: str, metric: str = "box AP") -> str:
-    """PNG: ``metric`` (mean, std error bars) against pretraining seconds, one marker per init."""
+def _q(row, key, fmt="{:.2f}"):
+    q = row.get("quality")
+    if not q:
+        return "-"
+    s = q[key]
+    if math.isnan(s["mean"]):  # precision of no kept box
+        return "-"
+    return fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if len(s["values"]) > 1 else "")
+
+
+def self_training_table(result: Dict[str, Any], metric: str = "box AP") -> str:
+    """Markdown, a row per round: the teacher's AP, its pseudo-labels' precision / recall at the
+    threshold and its AP on the unlabeled images, student and control AP (mean ± std over seeds)
+    and the paired difference student − control with its 95% interval (``*``: excludes 0)."""
+    table = []
+    for row in result["rounds"]:
+        table.append([row["round"], _pm_n(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
+                      _q(row, "kept", "{:.0f}"), _q(row, "teacher unlabeled box AP"),
+                      _pm_n(row["student"][metric]), _pm_n(row["control"][metric]), _diff(row["difference"][metric])])
+    headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "PL recall", "PL boxes",
+               "teacher box AP (unlabeled)", f"student {metric}", f"control {metric}", "Δ student − control [95% CI]"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _f(v):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def self_train_rounds_table(rows) -> str:
+    """Markdown, a row per round of ``tools/self_train.py`` (``self_train``'s rows): the teacher's
+    box AP, its pseudo-labels' precision / recall and box AP on the unlabeled images (when the
+    unlabeled set has an evaluation-only ground truth), the student's box AP and the control's
+    (when trained)."""
+    table = []
+    for r in range(1, len(rows)):
+        teacher, student = rows[r - 1], rows[r]
+        q = student.get("pseudo_labels") or {}
+        table.append([r, _f(teacher.get("bbox/AP")), _f(q.get("precision")), _f(q.get("recall")),
+                      q.get("kept", "-"), _f(q.get("teacher_unlabeled", {}).get("AP")), _f(student.get("bbox/AP")),
+                      _f(student.get("control", {}).get("bbox/AP"))])
+    thr = next((r["pseudo_labels"]["threshold"] for r in rows if r.get("pseudo_labels")), None)
+    at = f" @{thr}" if isinstance(thr, float) else ""
+    headers = ["round", "teacher box AP", f"PL precision{at}", "PL recall", "PL boxes", "teacher box AP (unlabeled)",
+               "student box AP", "control box AP"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def self_training_margin(result: Dict[str, Any], metric: str = "box AP") -> str:
+    """One line per round saying what the student's margin over its control means."""
+    lines = []
+    for row in result["rounds"]:
+        d = row["difference"][metric]
+        lines.append(f"round {row['round']}: student {metric} {d['mean']:+.2f} over the control (same start, "
+                     f"iterations and augmentation, labeled images only), 95% interval [{d['low']:+.2f}, "
+                     f"{d['high']:+.2f}] over {d['n']} paired seeds -> {_verdict(d, 'the control')}.")
+    return "\n".join(lines)
+
+
+def _save_png(fig, path):
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_pseudo_label_curves(result: Dict[str, Any], path: str) -> str:
+    """PNG: pseudo-label precision and recall against the score threshold, one colour per round
+    (mean over its teachers; precision is undefined where no box is kept), the threshold used marked."""
+    import warnings
+
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for row, colour in zip(result["rounds"], plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
+        if not row.get("quality"):
+            continue
+        curves = row["quality"]["curves"]
+        t = curves[0]["threshold"]
+        for key, style in (("precision", "-"), ("recall", "--")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN (not drawn)
+                mean = np.nanmean(np.asarray([c[key] for c in curves], np.float64), axis=0)
+            ax.plot(t, mean, style, color=colour, label=f"round {row['round']} {key}")
+    ax.axvline(result["threshold"], color="gray", lw=0.8, ls=":", label="threshold used")
+    ax.set_xlabel("teacher score threshold")
+    ax.set_ylabel("pseudo-labels vs ground truth (IoU ≥ 0.5)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_png(fig, path)
+
+
+def plot_transfer(result: Dict[str, Any], path: str, metric: str = "box AP") -> str:
+    """PNG: ``metric`` (mean, std error bars) against pretraining seconds, one marker per init."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for r, marker in zip(result["rows"], "osD^v<>ph"):
         s = r["summary"][metric]
@@ -68,8 +181,4 @@ def plot_transfer(result: Dict[str, Any], path: str, metric: str = "box AP") -> 
     ax.set_ylabel(f"{metric} after fine-tuning (mean ± std, {len(result['seeds'])} seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)

@@ -5,6 +5,13 @@ augmentation, mixed batches, normalized loss) -> the student is the next round's
 Every step is skipped when its output exists and resumes when it was killed (trainer
 checkpoints, pseudo-label chunks), so re-running the same command continues where it stopped.
 Each student's weights are also exported as a plain detectron2 checkpoint (``student.pth``).
+
+Where the unlabeled set has an evaluation-only ground truth (the demo's; its metadata
+``eval_only_json_file``), each round also measures its pseudo-labels: the teacher labels once at
+its test threshold (``teacher_detections.json``), the pseudo-labels are those boxes at the
+pseudo-label threshold (the same boxes as labelling at it), and their precision / recall, curve
+and the teacher's AP on the unlabeled images go to ``pseudo_label_quality.json``. ``control``
+also trains each round's control: the same student run with labeled images in both streams.
 """
 import hashlib
 import json
@@ -14,18 +21,27 @@ import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_coco, register_from_config
 from detpre.engine.self_training import SelfTrainingTrainer
 from detpre.engine.trainer import Trainer
-from detpre.pseudo_labels import label_images
+from detpre.pseudo_labels import (
+    detections_floor,
+    filter_pseudo_labels,
+    label_images,
+    num_classes_of,
+    pseudo_label_quality,
+    resolve_thresholds,
+    teacher_box_ap,
+)
 from detpre.utils.io import atomic_open, write_json_atomic
 
 from .runner import final_metrics, is_finished, repo_path
 
-__all__ = ["self_train", "export_plain_checkpoint"]
+__all__ = ["self_train", "export_plain_checkpoint", "unlabeled_groundtruth", "label_round", "control_opts",
+           "pseudo_dataset_opts"]
 
 logger = logging.getLogger("detpre.self_training")
 
@@ -69,10 +85,71 @@ def _evaluate(cfg, weights, trained_here=False):
     return flat
 
 
+def unlabeled_groundtruth(dataset_name):
+    """The evaluation-only ground-truth json of an unlabeled data set (metadata
+    ``eval_only_json_file``, the demo's), or None; never a training data set."""
+    path = MetadataCatalog.get(dataset_name).get("eval_only_json_file", None)
+    return path if path and os.path.isfile(path) else None
+
+
+def label_round(tcfg, dicts, rdir, weights, label_kwargs=None, groundtruth=None):
+    """
+    ``rdir/pseudo_labels.json``: ``dicts`` pseudo-labeled by the teacher (``tcfg`` + ``weights``);
+    returns ``(path, quality)``. With ``groundtruth`` (a COCO json of these images), through the
+    teacher's detections at its test threshold, and ``quality`` is their precision / recall at
+    the pseudo-label threshold, curve and teacher box AP (else None). Reused when written.
+    """
+    kw = dict(label_kwargs or {})
+    pl = os.path.join(rdir, "pseudo_labels.json")
+    if groundtruth is None:
+        if not os.path.isfile(pl):
+            label_images(tcfg, dicts, pl, weights=weights, **kw)
+        return pl, None
+    qpath = os.path.join(rdir, "pseudo_label_quality.json")
+    if os.path.isfile(pl) and os.path.isfile(qpath):
+        with open(qpath) as f:
+            return pl, json.load(f)
+    st = tcfg.MODEL.SELF_TRAINING
+    thr, cls = kw.pop("score_threshold", None), kw.pop("class_thresholds", None)
+    thresholds = resolve_thresholds(st.SCORE_THRESHOLD if thr is None else thr,
+                                    st.CLASS_THRESHOLDS if cls is None else cls, num_classes_of(tcfg))
+    dets = os.path.join(rdir, "teacher_detections.json")
+    if not os.path.isfile(dets):
+        label_images(tcfg, dicts, dets, weights=weights, score_threshold=detections_floor(tcfg, thresholds),
+                     class_thresholds=[], **kw)
+    filter_pseudo_labels(dets, pl, thresholds)
+    with open(dets) as f:
+        cats = [c["id"] for c in json.load(f)["categories"]]
+    at = float(thresholds[0]) if len(set(thresholds.tolist())) == 1 else dict(zip(cats, thresholds.tolist()))
+    quality = {**pseudo_label_quality(dets, groundtruth, at), "groundtruth_json": groundtruth,
+               "teacher_unlabeled": teacher_box_ap(dets, groundtruth)}
+    write_json_atomic(qpath, quality, indent=1)
+    return pl, quality
+
+
+def pseudo_dataset_opts(pl, unlabeled):
+    """Student overrides that train on the pseudo-label json ``pl`` (registered by name through
+    DATASETS.COCO, so a ``tools/train_net.py`` subprocess registers it too)."""
+    with open(pl) as f:
+        root = json.load(f)["info"]["image_root"]
+    name = "detpre_self_training_" + hashlib.sha1(os.path.abspath(pl).encode()).hexdigest()[:8]
+    return name, root, ["MODEL.SELF_TRAINING.ENABLED", True, "MODEL.SELF_TRAINING.PSEUDO_DATASETS", (name,),
+                        "MODEL.SELF_TRAINING.UNLABELED_DATASET", unlabeled]
+
+
+def control_opts(student_cfg):
+    """The control of a student: the same run (batch, streams, augmentation, loss, iterations,
+    start) with its pseudo stream drawn from the labeled data instead, so only the
+    pseudo-labels differ."""
+    return ["MODEL.SELF_TRAINING.ENABLED", True,
+            "MODEL.SELF_TRAINING.PSEUDO_DATASETS", tuple(student_cfg.DATASETS.TRAIN)]
+
+
 def self_train(teacher_config, student_config, output_dir, *, rounds=1, teacher_weights=None,
                unlabeled_dataset=None, teacher_opts=(), student_opts=(), student_from_teacher=False,
-               label_kwargs=None):
-    """Run ``rounds`` teacher -> student rounds; returns a list of per-model result rows."""
+               label_kwargs=None, control=False):
+    """Run ``rounds`` teacher -> student rounds; returns a list of per-model result rows (a
+    student's also holds its round's ``pseudo_labels`` quality and ``control`` AP, when measured)."""
     if rounds < 1:
         raise ValueError(f"--rounds {rounds}: must be >= 1")
     teacher_config, student_config = repo_path(teacher_config), repo_path(student_config)
@@ -93,22 +170,24 @@ def self_train(teacher_config, student_config, output_dir, *, rounds=1, teacher_
     dicts = DatasetCatalog.get(unlabeled)
     for r in range(1, rounds + 1):
         rdir = os.path.join(output_dir, f"round{r}")
-        pl = os.path.join(rdir, "pseudo_labels.json")
-        if not os.path.isfile(pl):
-            logger.info("round %d: pseudo-labelling %s with %s", r, unlabeled, teacher_weights)
-            label_images(tcfg, dicts, pl, weights=teacher_weights, **(label_kwargs or {}))
-        with open(pl) as f:
-            root = json.load(f)["info"]["image_root"]
-        name = "detpre_self_training_" + hashlib.sha1(os.path.abspath(pl).encode()).hexdigest()[:8]
+        logger.info("round %d: pseudo-labelling %s with %s", r, unlabeled, teacher_weights)
+        pl, quality = label_round(tcfg, dicts, rdir, teacher_weights, label_kwargs, unlabeled_groundtruth(unlabeled))
+        name, root, opts = pseudo_dataset_opts(pl, unlabeled)
         register_coco(name, pl, root, source=f"round {r} pseudo-labels")
-        opts = ["MODEL.SELF_TRAINING.ENABLED", True, "MODEL.SELF_TRAINING.PSEUDO_DATASETS", (name,),
-                "MODEL.SELF_TRAINING.UNLABELED_DATASET", unlabeled, "OUTPUT_DIR", os.path.join(rdir, "student")]
-        if student_from_teacher:
-            opts += ["MODEL.WEIGHTS", teacher_weights]
-        scfg = get_detpre_cfg(student_config, list(student_opts) + opts)
+        start = ["MODEL.WEIGHTS", teacher_weights] if student_from_teacher else []
+        scfg = get_detpre_cfg(student_config, list(student_opts) + opts + start
+                              + ["OUTPUT_DIR", os.path.join(rdir, "student")])
         final = _train(SelfTrainingTrainer, scfg)
         student = export_plain_checkpoint(final, os.path.join(rdir, "student.pth"))
-        rows.append({"model": f"student (round {r})", "weights": student, **_evaluate(scfg, student, True)})
+        row = {"model": f"student (round {r})", "weights": student, **_evaluate(scfg, student, True)}
+        if quality is not None:
+            row["pseudo_labels"] = quality
+        if control:
+            ccfg = get_detpre_cfg(student_config, list(student_opts) + control_opts(scfg) + start
+                                  + ["OUTPUT_DIR", os.path.join(rdir, "control")])
+            cfinal = _train(SelfTrainingTrainer, ccfg)
+            row["control"] = _evaluate(ccfg, cfinal, True)
+        rows.append(row)
         teacher_weights, tcfg = student, scfg  # the student labels the next round
     return rows
 

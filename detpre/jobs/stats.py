@@ -17,9 +17,10 @@ def t_quantile(df: int, confidence: float = 0.95) -> float:
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    """``(mean, sample std)``; std is 0 for a single value and NaN for none."""
+    """``(mean, sample std)``; std is 0 for a single value; both NaN for none or when a value is
+    NaN (a metric a run did not report; Python 3.12's ``statistics.stdev`` fails on NaN)."""
     values = [float(v) for v in values]
-    if not values:
+    if not values or any(math.isnan(v) for v in values):
         return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 

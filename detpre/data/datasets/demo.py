@@ -2,13 +2,16 @@
 The built-in demo data set: ``detpre_demo_train`` / ``detpre_demo_val`` (COCO format, boxes
 and polygon masks) and ``detpre_demo_unlabeled`` (images only). Registering is cheap; the
 first ``DatasetCatalog.get`` of any of them generates the files (see ``demo_gen``).
+
+The unlabeled split's ground truth is not a data set: no name loads it, so no config can train on
+it. Its path is the unlabeled set's metadata ``eval_only_json_file`` (pseudo-label quality reads it).
 """
 import os
 
 from detectron2.data.datasets import load_coco_json
 
 from .catalog import register_once
-from .demo_gen import generate_demo_dataset
+from .demo_gen import UNLABELED_GROUNDTRUTH, generate_demo_dataset
 from .folder import load_image_folder
 
 __all__ = ["DEMO_NAMES", "demo_root", "register_demo", "ensure_demo"]
@@ -57,5 +60,6 @@ def register_demo(root=None):
         "detpre_demo_unlabeled", ("demo", root, "unlabeled"),
         lambda: _load_unlabeled(root, "detpre_demo_unlabeled"),
         image_root=os.path.join(root, "images", "unlabeled"),
+        eval_only_json_file=os.path.join(root, UNLABELED_GROUNDTRUTH),
     )
     return root

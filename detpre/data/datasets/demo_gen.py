@@ -5,8 +5,13 @@ Textured shapes (5 categories, COCO small/medium/large, 2-6 per image, occluding
 on recoloured crops of scikit-image's bundled photos. Annotations describe what is visible:
 mask, box and area of each object after occlusion; objects mostly hidden are not drawn at all.
 Every image has its own seed (seed, split, index), so one seed fixes every byte.
+
+The unlabeled split's ground truth is written too, beside the image list, under a name no loader
+of a training data set reads (``instances_unlabeled_groundtruth.json``): it only measures how good
+a teacher's pseudo-labels are.
 """
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,10 +22,14 @@ import numpy as np
 from .demo_shapes import CATEGORIES, TEXTURES, draw_shape, random_background, texture
 from .masks import mask_to_bbox, mask_to_polygons
 
-__all__ = ["generate_demo_dataset", "DEMO_MARKER", "DEMO_SPLITS"]
+__all__ = ["generate_demo_dataset", "DEMO_MARKER", "DEMO_SPLITS", "UNLABELED_GROUNDTRUTH"]
 
 DEMO_MARKER = "detpre_demo.json"  # written last into the temp dir: its presence = complete
-DEMO_VERSION = 1
+# 2: + annotations/instances_unlabeled_groundtruth.json (same images). A demo of an older version
+# is regenerated in place of the old one.
+DEMO_VERSION = 2
+# evaluation only (pseudo-label quality); relative to the demo root
+UNLABELED_GROUNDTRUTH = os.path.join("annotations", "instances_unlabeled_groundtruth.json")
 DEMO_SPLITS = ("train", "val", "unlabeled")
 JPEG_QUALITY = 90
 MIN_VISIBLE_FRACTION = 0.5  # objects with less of themselves visible are not drawn
@@ -118,13 +127,15 @@ def _generate_split(out_dir, split, split_code, num_images, seed, categories):
                 "area": int(visible.sum()), "bbox": mask_to_bbox(visible), "iscrowd": 0,
             })
     ann_dir = os.path.join(out_dir, "annotations")
+    instances = {"info": {"description": "detpre demo", "version": DEMO_VERSION},
+                 "images": images, "annotations": annotations, "categories": categories}
     if split == "unlabeled":  # image list only, like COCO's image_info_test json
         _write_json(os.path.join(ann_dir, "image_info_unlabeled.json"),
                     {"images": images, "categories": categories})
+        instances["info"]["description"] += ": unlabeled split ground truth, for evaluation only"
+        _write_json(os.path.join(out_dir, UNLABELED_GROUNDTRUTH), instances)
     else:
-        _write_json(os.path.join(ann_dir, f"instances_{split}.json"),
-                    {"info": {"description": "detpre demo", "version": DEMO_VERSION},
-                     "images": images, "annotations": annotations, "categories": categories})
+        _write_json(os.path.join(ann_dir, f"instances_{split}.json"), instances)
 
 
 def _read_marker(root):
@@ -135,6 +146,26 @@ def _read_marker(root):
         return None
 
 
+def _outdated(found, params):
+    """``found`` (a marker) is the same demo as ``params`` but of an older version."""
+    if not isinstance(found, dict) or not isinstance(found.get("version"), int):
+        return False
+    same = {k: v for k, v in found.items() if k != "version"} == {k: v for k, v in params.items() if k != "version"}
+    return same and found["version"] < params["version"]
+
+
+def _move_aside(root, parent):
+    """Rename the outdated demo at ``root`` out of the way (so ``root`` is never half-deleted) and
+    return the directory it went to, to delete once the new one is in place; another process may
+    have moved it already."""
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)
+    try:
+        os.rename(root, os.path.join(old, "demo"))
+    except FileNotFoundError:
+        pass
+    return old
+
+
 def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=300):
     """
     Write the demo data set to ``root`` (atomically: built in a temp dir next to it, then
@@ -143,18 +174,22 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=
         root/images/{train,val,unlabeled}/*.jpg
         root/annotations/instances_{train,val}.json     COCO instances, polygons
         root/annotations/image_info_unlabeled.json      image list only
+        root/annotations/instances_unlabeled_groundtruth.json   its boxes: evaluation only
         root/detpre_demo.json                           the arguments; marks it complete
 
     If ``root`` already holds a demo made with the same arguments (e.g. another process won
-    the race), it is kept; a different one is an error.
+    the race), it is kept; one of an older ``DEMO_VERSION`` with the same arguments is replaced
+    by a new one; any other is an error.
     """
     params = {"version": DEMO_VERSION, "seed": int(seed), "num_train": int(num_train),
               "num_val": int(num_val), "num_unlabeled": int(num_unlabeled)}
     root = os.path.abspath(os.path.expanduser(root))
 
-    def existing():
+    def existing(outdated_ok=False):
         found = _read_marker(root)
         if found is None:
+            return False
+        if outdated_ok and _outdated(found, params):
             return False
         if found != params:
             raise FileExistsError(
@@ -162,11 +197,17 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=
                 "delete the directory or pass another root")
         return True
 
-    if existing():
+    outdated = _outdated(_read_marker(root), params)
+    if existing(outdated_ok=True):
         return root
+    if outdated:
+        logging.getLogger(__name__).warning(
+            "%s holds a demo data set of version %s; regenerating it as version %d (same images, "
+            "+ the unlabeled split's evaluation-only ground truth)", root, _read_marker(root)["version"], DEMO_VERSION)
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
+    old = None
     try:
         os.makedirs(os.path.join(tmp, "annotations"))
         categories = [{"id": cid, "name": name, "supercategory": "shape"}
@@ -176,6 +217,7 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=
             _generate_split(tmp, split, code, n, seed, categories)
         _write_json(os.path.join(tmp, DEMO_MARKER), params)
         os.chmod(tmp, 0o755)  # mkdtemp made it private
+        old = _move_aside(root, parent) if outdated else None
         try:
             os.rename(tmp, root)  # atomic; fails if root is a non-empty dir
         except OSError:
@@ -185,6 +227,7 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=50, num_unlabeled=
                 f"{root} exists but is not a complete detpre demo data set "
                 f"(no {DEMO_MARKER}); delete it and run again") from None
     finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover and os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
     return root

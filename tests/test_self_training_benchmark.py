@@ -1,0 +1,133 @@
+"""The self-training benchmark's plan (fake trainings): paired student / control, rounds, table."""
+import json
+import os
+
+import numpy as np
+import pytest
+from _self_training_data import write_images
+
+import detpre.jobs.self_training as st_jobs
+import detpre.jobs.self_training_benchmark as bench
+from detpre.data.datasets import register_image_folder
+from detpre.jobs.report import self_training_margin, self_training_table
+
+PSEUDO_KEYS = ("DATASETS.COCO", "MODEL.SELF_TRAINING.PSEUDO_DATASETS", "MODEL.SELF_TRAINING.UNLABELED_DATASET")
+
+
+def _ap(kind, r, s):
+    return {"teacher": 1.0, "student": 3.0 + r + 0.5 * s, "control": 2.0 + 0.25 * s}[kind]
+
+
+@pytest.fixture
+def fake_jobs(tmp_path, monkeypatch):
+    """``train`` writes metrics with a known AP, ``label_round`` a pseudo-label json; both record calls."""
+    images = str(tmp_path / "unlabeled")
+    write_images(images, 3)
+    register_image_folder("bench_test_unlabeled", images)
+    calls = {"train": [], "label": []}
+
+    def train(config, out, opts, label="", threads=None):
+        parts = out.split(os.sep)
+        kind = parts[-1]
+        r = int(parts[-3][len("round"):]) if kind != "teacher" else 0
+        o = dict(zip(opts[::2], opts[1::2]))
+        calls["train"].append((kind, r, int(o["SEED"]), o))
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            f.write(json.dumps({"iteration": 9, "bbox/AP": _ap(kind, r, int(o["SEED"])), "bbox/AP50": 0.0}) + "\n")
+        return 1.0
+
+    def label_round(tcfg, dicts, rdir, weights, label_kwargs=None, groundtruth=None):
+        calls["label"].append((rdir, weights, len(dicts)))
+        os.makedirs(rdir, exist_ok=True)
+        pl = os.path.join(rdir, "pseudo_labels.json")
+        with open(pl, "w") as f:
+            json.dump({"info": {"image_root": images}, "images": [], "annotations": [], "categories": []}, f)
+        curve = {"threshold": [0.5], "precision": [0.5], "recall": [0.25]}
+        return pl, {"precision": 0.5, "recall": 0.25, "kept": 10, "threshold": 0.5, "curve": curve,
+                    "teacher_unlabeled": {"AP": 4.0}}
+
+    monkeypatch.setattr(bench, "train", train)
+    monkeypatch.setattr(st_jobs, "label_round", label_round)
+    return calls
+
+
+def test_student_and_control_differ_only_in_pseudo_labels(tmp_path, fake_jobs):
+    out = str(tmp_path / "bench")
+    result = bench.run_self_training_benchmark(
+        "configs/demo/self_training_benchmark_teacher.yaml", "configs/demo/self_training_benchmark_student.yaml",
+        out, seeds=(0, 1, 2), rounds=2, jobs=1, unlabeled_dataset="bench_test_unlabeled", unlabeled_limit=2,
+        groundtruth="gt.json")
+    trains = fake_jobs["train"]
+    assert [t[0] for t in trains].count("teacher") == 1  # one teacher labels round 1 for every seed
+    teacher_w = os.path.join(out, "teacher", "model_final.pth")
+    student_w = lambda r, s: os.path.join(out, f"round{r}", f"seed{s}", "student", "model_final.pth")  # noqa: E731
+    assert [(w, n) for _, w, n in fake_jobs["label"]] == [(teacher_w, 2)] + [(student_w(1, s), 2) for s in (0, 1, 2)]
+    runs = {(k, r, s): o for k, r, s, o in trains if k != "teacher"}
+    assert len(runs) == 2 * 2 * 3
+    for r in (1, 2):
+        for s in (0, 1, 2):
+            student, control = runs[("student", r, s)], runs[("control", r, s)]
+            start = teacher_w if r == 1 else student_w(r - 1, s)  # round r's teacher: round r-1's student
+            assert student["MODEL.WEIGHTS"] == control["MODEL.WEIGHTS"] == start
+            assert student["SEED"] == control["SEED"] == str(s)
+            assert control["MODEL.SELF_TRAINING.PSEUDO_DATASETS"] == "('detpre_demo_train',)"
+            assert student["MODEL.SELF_TRAINING.PSEUDO_DATASETS"].startswith("('detpre_self_training_")
+            same = lambda o: {k: v for k, v in o.items() if k not in PSEUDO_KEYS}  # noqa: E731
+            assert same(student) == same(control)
+
+    r1, r2 = result["rounds"]
+    assert r1["teacher"]["box AP"]["values"] == [1.0]
+    assert r2["teacher"]["box AP"]["values"] == r1["student"]["box AP"]["values"] == [4.0, 4.5, 5.0]
+    d = r1["difference"]["box AP"]  # student - control = 2 + 0.25 s: mean 2.25
+    assert d["mean"] == pytest.approx(2.25) and d["n"] == 3 and d["excludes_zero"]
+    assert r2["difference"]["box AP"]["mean"] == pytest.approx(3.25)
+    assert r1["quality"]["precision"]["values"] == [0.5] and len(r2["quality"]["recall"]["values"]) == 3
+    with open(os.path.join(out, bench.RESULT_FILE)) as f:
+        assert json.load(f)["rounds"][1]["student"]["box AP"]["values"] == [5.0, 5.5, 6.0]
+
+    table = self_training_table(result)
+    assert "| 1 " in table and "0.50" in table and "+2.25" in table and "*" in table
+    assert "4.50 ± 0.50" in table  # round 2's teachers: three students
+    margin = self_training_margin(result)
+    assert margin.count("better than the control beyond the seed noise") == 2
+
+
+def test_no_seed_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="at least one round and one seed"):
+        bench.run_self_training_benchmark("a.yaml", "b.yaml", str(tmp_path), seeds=())
+
+
+def test_label_round_measures_the_pseudo_labels_it_writes(tmp_path):
+    """With a ground truth: detections + filtered pseudo-labels + quality, reused on a second call."""
+    import torch
+    from _self_training_data import tiny_cfg, write_coco
+    from detectron2.modeling import build_model
+
+    from detpre.pseudo_labels import pseudo_label_quality
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    weights = str(tmp_path / "teacher.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    dicts = write_images(str(tmp_path / "imgs"), 3)
+    gt = write_coco(str(tmp_path / "gt.json"), dicts)
+    rdir = str(tmp_path / "round1")
+    plain = [{"file_name": d["file_name"], "image_id": d["image_id"]} for d in dicts]
+    st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": 0.9, "progress": False}, gt)
+    dets = os.path.join(rdir, "teacher_detections.json")
+    data = json.load(open(dets))
+    thr = float(np.median([a["score"] for a in data["annotations"]]))  # keeps about half of them
+    for f in ("pseudo_labels.json", "pseudo_label_quality.json"):
+        os.remove(os.path.join(rdir, f))
+    pl, q = st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": thr, "progress": False}, gt)
+    kept = json.load(open(pl))
+    assert json.load(open(dets)) == data  # the detections were reused, only the threshold changed
+    assert min(a["score"] for a in data["annotations"]) < thr <= min(a["score"] for a in kept["annotations"])
+    assert q["threshold"] == thr and q["kept"] == len(kept["annotations"]) > 0 and q["groundtruth"] == 4
+    assert q["precision"] == pseudo_label_quality(dets, gt, thr)["precision"]
+    assert 0 <= q["teacher_unlabeled"]["AP"] <= 100 and q["curve"]["threshold"][0] == 0.05
+    stamp = os.path.getmtime(pl)
+    again = st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": thr}, gt)  # reused
+    assert again[0] == pl and json.dumps(again[1], sort_keys=True) == json.dumps(q, sort_keys=True)
+    assert os.path.getmtime(pl) == stamp
