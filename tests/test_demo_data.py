@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from _catalog import names_freed
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools.coco import COCO
 
@@ -177,26 +178,11 @@ def test_demo_root(monkeypatch, tmp_path):
     assert demo_root(cfg) == str(tmp_path / "mine")
 
 
-def _unregister(names):
-    for n in names:
-        if n in DatasetCatalog.list():
-            DatasetCatalog.remove(n)
-        if n in MetadataCatalog.list():
-            MetadataCatalog.remove(n)
-
-
 @pytest.fixture
 def fresh_demo_names():
     """The demo names unregistered for the test; whatever was registered before is restored."""
-    names = ("detpre_demo_train", "detpre_demo_val", "detpre_demo_unlabeled")
-    saved = {n: (DatasetCatalog[n], MetadataCatalog.get(n).as_dict())
-             for n in names if n in DatasetCatalog.list()}
-    _unregister(names)
-    yield
-    _unregister(names)
-    for n, (func, meta) in saved.items():
-        DatasetCatalog.register(n, func)
-        MetadataCatalog.get(n).set(**meta)
+    with names_freed(("detpre_demo_train", "detpre_demo_val", "detpre_demo_unlabeled")):
+        yield
 
 
 def test_register_demo_generates_on_first_use(tmp_path, fresh_demo_names):

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from _catalog import names_freed
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from detpre.config import get_detpre_cfg
@@ -14,26 +15,13 @@ from detpre.engine.self_training import SelfTrainingTrainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _unregister(names):
-    for n in names:
-        if n in DatasetCatalog.list():
-            DatasetCatalog.remove(n)
-        if n in MetadataCatalog.list():
-            MetadataCatalog.remove(n)
-
-
 @pytest.fixture
 def demo(tmp_path):
     """A demo registered under the demo names (whatever was registered before is restored)."""
-    saved = {n: (DatasetCatalog[n], MetadataCatalog.get(n).as_dict()) for n in DEMO_NAMES if n in DatasetCatalog.list()}
-    _unregister(DEMO_NAMES)
-    root = generate_demo_dataset(str(tmp_path / "demo"))  # (the demo loaders expect the default sizes)
-    register_demo(root)
-    yield root
-    _unregister((*DEMO_NAMES, "st_isolation_pseudo"))
-    for n, (func, meta) in saved.items():
-        DatasetCatalog.register(n, func)
-        MetadataCatalog.get(n).set(**meta)
+    with names_freed(DEMO_NAMES, extra=("st_isolation_pseudo",)):
+        root = generate_demo_dataset(str(tmp_path / "demo"))  # (the demo loaders expect the default sizes)
+        register_demo(root)
+        yield root
 
 
 def test_student_training_never_opens_the_unlabeled_groundtruth(demo, tmp_path, monkeypatch):
