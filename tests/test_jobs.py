@@ -136,3 +136,44 @@ def test_run_graph_runs_each_task_after_its_deps():
         run_graph({"x": (boom, ()), "y": (task("y", 0), ("x",))}, jobs=2)
     with pytest.raises(ValueError, match="unknown tasks"):
         run_graph({"z": (task("z", 0), ("missing",))})
+
+
+def test_run_transfer_pairs_seeds_and_keeps_one_export_per_transfer_path(tmp_path, monkeypatch):
+    """The graph of the transfer benchmark with its trainings faked: every init is fine-tuned with
+    every seed from its own export, a method's export and fine-tuning runs are named by what it
+    transfers (a finished run for another detector is never reused), the margin is paired."""
+    from detpre.jobs import transfer
+
+    calls = {"export": [], "finetune": []}
+    monkeypatch.setattr(transfer, "ensure_prerequisites", lambda *a, **k: None)
+    monkeypatch.setattr(transfer, "prerequisite_opts", lambda *a, **k: [])
+    monkeypatch.setattr(transfer, "pretrain", lambda config, out, *a, **k: {"train_s": 1.0, "iters": 1,
+                                                                             "images_per_s": 1.0})
+
+    def export(checkpoint, path, config, detector):
+        calls["export"].append((os.path.relpath(path, tmp_path), detector))
+        return path, None
+
+    def finetune(config, out, weights, seed, *a, **k):
+        calls["finetune"].append((os.path.relpath(out, tmp_path), weights and os.path.relpath(weights, tmp_path)))
+        ap = 1.0 + seed + (0.5 if weights else 0.0)  # every pretrained init +0.5 on its seed
+        return {"bbox/AP": ap, "bbox/AP50": ap, "segm/AP": ap}, 1.0
+
+    monkeypatch.setattr(transfer, "export", export)
+    monkeypatch.setattr(transfer, "finetune", finetune)
+    monkeypatch.setattr(transfer, "probe", lambda *a, **k: {"knn_top1": 1.0, "linear_top1": 1.0})
+    methods = [transfer.Method("soco", "configs/demo/soco_R18_FPN_tiny.yaml", detector="backbone_fpn"),
+               transfer.Method("jigsaw", "configs/demo/jigsaw_R18_tiny.yaml")]
+    res = transfer.run_transfer(methods, "configs/demo/mask_rcnn_R18_FPN_tiny.yaml", str(tmp_path), seeds=(0, 1),
+                                jobs=1)
+    assert sorted(calls["export"]) == [("jigsaw/export_mask_rcnn.pkl", "mask_rcnn"),
+                                       ("soco/export_backbone_fpn.pkl", "backbone_fpn")]
+    assert sorted(calls["finetune"]) == [
+        ("finetune/jigsaw/seed0", "jigsaw/export_mask_rcnn.pkl"), ("finetune/jigsaw/seed1", "jigsaw/export_mask_rcnn.pkl"),
+        ("finetune/random_init/seed0", None), ("finetune/random_init/seed1", None),
+        ("finetune/soco_backbone_fpn/seed0", "soco/export_backbone_fpn.pkl"),
+        ("finetune/soco_backbone_fpn/seed1", "soco/export_backbone_fpn.pkl")]
+    assert [r["init"] for r in res["rows"]] == ["random init", "soco", "jigsaw"]
+    d = res["rows"][1]["summary"]["box AP"]["vs_random"]
+    assert d["mean"] == pytest.approx(0.5) and d["low"] == pytest.approx(0.5)  # paired: no spread left
+    assert os.path.isfile(tmp_path / "benchmark_transfer.json")

@@ -13,7 +13,7 @@ from typing import Any, Dict, Sequence
 from .runner import run_logged, run_parallel, say, tool_command, train
 from .transfer import Method, run_transfer
 
-__all__ = ["DEMO_METHODS", "FINETUNE_CONFIG", "expected_seconds", "run_demo", "run_smoke_extras"]
+__all__ = ["DEMO_METHODS", "DEMO_TRANSFER", "FINETUNE_CONFIG", "expected_seconds", "run_demo", "run_smoke_extras"]
 
 FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
 # The demo's fine-tuning budget: 200 iterations at twice the config's LR, so that 3 seeds of
@@ -27,6 +27,11 @@ DEMO_METHODS = {
     "fastmoco": "configs/demo/fastmoco_R18_tiny.yaml",
     "mocov3": "configs/demo/mocov3_R18_tiny.yaml",
 }
+# What each export gives the demo's Mask R-CNN (``detpre.checkpoint.DETECTOR_PREFIXES``). SoCo
+# gives its ResNet + FPN but not its 4conv1fc box head: after minutes of pretraining that head is
+# a worse start than a random one (measured in docs/transfer.md: -0.79 box AP [-1.30, -0.28] with
+# it, above random init without it). The other methods train only the ResNet.
+DEMO_TRANSFER = {"soco": "backbone_fpn"}
 # Seconds per iteration measured on a 2-core machine, one thread per run, two runs at once:
 # only for the time estimate printed before the demo starts.
 _S_PER_ITER = {"soco": 2.1, "jigsaw": 0.5, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.75}
@@ -67,7 +72,7 @@ def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2
     n = {s: len(DatasetCatalog.get(f"detpre_demo_{s}")) for s in ("train", "val", "unlabeled")}
     say(f"[demo] data: {n} images under {os.path.abspath(os.path.join('datasets', 'detpre_demo'))}")
     extra = _SMOKE_ITERS if smoke else []
-    ms = [Method(m, DEMO_METHODS[m], extra) for m in methods]
+    ms = [Method(m, DEMO_METHODS[m], extra, DEMO_TRANSFER.get(m, "mask_rcnn")) for m in methods]
     return run_transfer(ms, FINETUNE_CONFIG, output_dir, seeds=seeds, jobs=jobs,
                         finetune_opts=[*FINETUNE_OPTS, *extra, *finetune_opts])
 

@@ -99,13 +99,17 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
     def pretrain_and_export(m, opts):
         out = os.path.join(output_dir, m.name, "pretrain")
         cost = pretrain(m.config, out, opts, f"{m.name} pretraining", threads)
-        weights, _ = export(os.path.join(out, "model_final.pth"), os.path.join(output_dir, m.name, "export.pkl"),
-                            finetune_config, m.detector)
+        # one file per transfer path: a finished export for another detector is never reused
+        weights, _ = export(os.path.join(out, "model_final.pth"),
+                            os.path.join(output_dir, m.name, f"export_{m.detector}.pkl"), finetune_config, m.detector)
         return cost, weights
+
+    detectors = {m.name: m.detector for m in methods}
 
     def finetune_job(name, seed):
         def run(pre=(None, None)):
-            out = os.path.join(output_dir, "finetune", name.replace(" ", "_"), f"seed{seed}")
+            run_name = name if detectors.get(name, "mask_rcnn") == "mask_rcnn" else f"{name}_{detectors[name]}"
+            out = os.path.join(output_dir, "finetune", run_name.replace(" ", "_"), f"seed{seed}")
             return finetune(finetune_config, out, pre[1], seed, finetune_opts, f"fine-tune {name} seed {seed}",
                             threads)
         return run
