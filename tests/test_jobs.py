@@ -169,7 +169,8 @@ def test_run_transfer_pairs_seeds_and_keeps_one_export_per_transfer_path(tmp_pat
     assert sorted(calls["export"]) == [("jigsaw/export_mask_rcnn.pkl", "mask_rcnn"),
                                        ("soco/export_backbone_fpn.pkl", "backbone_fpn")]
     assert sorted(calls["finetune"]) == [
-        ("finetune/jigsaw/seed0", "jigsaw/export_mask_rcnn.pkl"), ("finetune/jigsaw/seed1", "jigsaw/export_mask_rcnn.pkl"),
+        ("finetune/jigsaw/seed0", "jigsaw/export_mask_rcnn.pkl"),
+        ("finetune/jigsaw/seed1", "jigsaw/export_mask_rcnn.pkl"),
         ("finetune/random_init/seed0", None), ("finetune/random_init/seed1", None),
         ("finetune/soco_backbone_fpn/seed0", "soco/export_backbone_fpn.pkl"),
         ("finetune/soco_backbone_fpn/seed1", "soco/export_backbone_fpn.pkl")]
