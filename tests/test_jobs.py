@@ -178,3 +178,41 @@ def test_run_transfer_pairs_seeds_and_keeps_one_export_per_transfer_path(tmp_pat
     d = res["rows"][1]["summary"]["box AP"]["vs_random"]
     assert d["mean"] == pytest.approx(0.5) and d["low"] == pytest.approx(0.5)  # paired: no spread left
     assert os.path.isfile(tmp_path / "benchmark_transfer.json")
+
+
+def test_a_run_killed_during_its_final_evaluation_is_evaluated_again(tmp_path):
+    """model_final.pth is written before the end-of-training evaluation: a kill in between leaves
+    a finished run without AP. final_evaluation evaluates model_final.pth and gives the record the
+    trainer wrote (here computed first by an uninterrupted run, then removed)."""
+    from detpre.data.datasets import generate_demo_dataset
+    from detpre.engine.trainer import Trainer
+    from detpre.jobs.runner import final_evaluation
+
+    root = generate_demo_dataset(str(tmp_path / "demo"), seed=2, num_train=4, num_val=3, num_unlabeled=1)
+    coco = str([[f"jobs_eval_{s}", os.path.join(root, "annotations", f"instances_{s}.json"),
+                 os.path.join(root, "images", s)] for s in ("train", "val")])
+    out = str(tmp_path / "run")
+    opts = ["DATASETS.COCO", coco, "DATASETS.TRAIN", "('jobs_eval_train',)", "DATASETS.TEST", "('jobs_eval_val',)",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()",
+            "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.DETECTIONS_PER_IMAGE", "20"]
+    config = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
+    from detpre.data.datasets import register_from_config
+
+    cfg = get_detpre_cfg(repo_path(config), opts + ["OUTPUT_DIR", out])
+    register_from_config(cfg)
+    trainer = Trainer(cfg)
+    trainer.train()
+    written = final_metrics(out)
+    assert "bbox/AP" in written and "segm/AP" in written and is_finished(out)
+
+    path = os.path.join(out, "metrics.json")
+    kept = [line for line in open(path) if "bbox/AP" not in line]
+    with open(path, "w") as f:
+        f.writelines(kept)  # as if killed during the final evaluation
+    assert final_metrics(out) == {} and is_finished(out)
+    again = final_evaluation(config, out, opts)
+    for k in ("bbox/AP", "bbox/AP50", "segm/AP"):
+        assert again[k] == pytest.approx(written[k], abs=1e-6, nan_ok=True)
+    assert final_metrics(out)["bbox/AP"] == again["bbox/AP"]  # appended: the next call just reads it
+    assert len(open(path).readlines()) == len(kept) + 1
+    assert final_evaluation(config, str(tmp_path / "never_ran"), opts) == {}

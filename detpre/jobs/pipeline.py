@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from detpre.checkpoint import export_checked, save_model_zoo_file
 from detpre.config import get_detpre_cfg
 
-from .runner import final_metrics, metrics_records, repo_path, run_logged, say, tool_command, train
+from .runner import final_evaluation, metrics_records, repo_path, run_logged, say, tool_command, train
 
 __all__ = ["prerequisite_opts", "ensure_prerequisites", "pretrain", "export", "probe", "finetune"]
 
@@ -85,7 +85,7 @@ def finetune(config: str, out_dir: str, weights: Optional[str] = None, seed: int
     final evaluation record (``bbox/AP``, ...) and the wall seconds (None when done before)."""
     init = ["MODEL.WEIGHTS", weights] if weights else []
     sec = train(config, out_dir, [*init, "SEED", seed, *opts], label, threads)
-    metrics = final_metrics(out_dir)
+    metrics = final_evaluation(config, out_dir, [*init, "SEED", seed, *opts])
     if not metrics:
         raise RuntimeError(f"{out_dir}: the fine-tuning run wrote no evaluation (bbox/AP) to "
                            "metrics.json; does the config set DATASETS.TEST?")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 from detpre.utils.checkpoint_io import is_finished
 
 __all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "run_graph", "is_finished",
+           "final_evaluation",
            "train", "metrics_records", "final_metrics", "PROGRESS_S"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +159,42 @@ def final_metrics(out_dir: str) -> Dict[str, Any]:
         if "bbox/AP" in r:
             found = r
     return found
+
+
+_EVAL_LOCK = threading.Lock()  # evaluations in this process: one at a time (data set registration)
+
+
+def final_evaluation(config: str, out_dir: str, opts: Sequence[Any] = ()) -> Dict[str, Any]:
+    """
+    The end-of-training evaluation of the finished run ``config`` + ``opts`` in ``out_dir``. A run
+    killed during that evaluation has its final checkpoint (so it counts as finished) but no
+    evaluation record: then ``model_final.pth`` is evaluated here, and the record is appended to
+    ``metrics.json`` as the trainer would have written it. {} for an unfinished run.
+    """
+    found = final_metrics(out_dir)
+    if found or not is_finished(out_dir):
+        return found
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from detpre.config import get_detpre_cfg
+    from detpre.data.datasets import register_from_config
+    from detpre.engine.defaults import trainer_class
+    from detpre.utils.io import atomic_open
+
+    cfg = get_detpre_cfg(repo_path(config), [str(o) for o in opts] + ["OUTPUT_DIR", out_dir])
+    if not cfg.DATASETS.TEST:
+        return {}
+    say(f"[{out_dir}] finished without its final evaluation (killed during it?): evaluating model_final.pth")
+    with _EVAL_LOCK:
+        register_from_config(cfg)
+        trainer_cls = trainer_class(cfg)
+        model = trainer_cls.build_model(cfg)
+        DetectionCheckpointer(model).load(os.path.join(out_dir, "model_final.pth"))
+        res = trainer_cls.test(cfg, model)
+    record = {"iteration": cfg.SOLVER.MAX_ITER - 1,
+              **{f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}}
+    path = os.path.join(out_dir, "metrics.json")
+    old = open(path).read() if os.path.isfile(path) else ""
+    with atomic_open(path, "w") as f:
+        f.write(old + ("" if not old or old.endswith("\n") else "\n") + json.dumps(record) + "\n")
+    return record

@@ -22,7 +22,7 @@ from detpre.config import get_detpre_cfg
 from detpre.errors import DetpreError
 from detpre.utils.io import write_json_atomic
 
-from .runner import final_metrics, repo_path, run_graph, say, train
+from .runner import final_evaluation, repo_path, run_graph, say, train
 from .stats import mean_std, paired_difference
 from .transfer import METRICS
 
@@ -36,8 +36,8 @@ def _opt_str(opts):
     return [o if isinstance(o, str) else repr(o) if isinstance(o, (tuple, list)) else str(o) for o in opts]
 
 
-def _trained(out_dir, what):
-    metrics = final_metrics(out_dir)
+def _trained(config, out_dir, opts, what):
+    metrics = final_evaluation(config, out_dir, opts)
     if not metrics:
         raise RuntimeError(f"{out_dir}: the {what} wrote no evaluation (bbox/AP) to metrics.json; does its "
                            "config set DATASETS.TEST?")
@@ -105,7 +105,7 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     def teacher_job():
         out = os.path.join(output_dir, "teacher")
         train(teacher_config, out, _opt_str(teacher_opts), "teacher", threads)
-        return _trained(out, "teacher")
+        return _trained(teacher_config, out, _opt_str(teacher_opts), "teacher")
 
     def label_job(r, s):
         def run(teacher):
@@ -128,7 +128,7 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
                 opts = control_opts(scfg)
             opts = [*student_opts, *opts, "MODEL.WEIGHTS", teacher["weights"], "SEED", s]
             train(student_config, out, _opt_str(opts), f"round {r} {kind} seed {s}", threads)
-            return _trained(out, kind)
+            return _trained(student_config, out, _opt_str(opts), kind)
         return run
 
     tasks = {("teacher",): (teacher_job, ())}
