@@ -20,8 +20,8 @@ demo-smoke: $(STAMP)
 	$(PY) tools/demo.py --smoke
 
 # self-training, fair: per round the student vs. a control trained like it on labeled images only,
-# 3 paired seeds, pseudo-label precision/recall vs. the unlabeled split's ground truth (~35 min on
-# 2 cores; configs/demo/self_training_benchmark_*.yaml). Re-running continues a killed run.
+# 3 paired seeds, pseudo-label precision/recall vs. the unlabeled split's ground truth (~25-30 min
+# on 2 cores; configs/demo/self_training_benchmark_*.yaml). Re-running continues a killed run.
 demo-self-training: $(STAMP)
 	$(PY) tools/benchmark_self_training.py --teacher-config configs/demo/self_training_benchmark_teacher.yaml \
 		--student-config configs/demo/self_training_benchmark_student.yaml --seeds 0,1,2 --rounds 1 --jobs 2 \

@@ -100,6 +100,7 @@ def label_round(tcfg, dicts, rdir, weights, label_kwargs=None, groundtruth=None)
     the pseudo-label threshold, curve and teacher box AP (else None). Reused when written.
     """
     kw = dict(label_kwargs or {})
+    kw.setdefault("progress", False)  # a job among others: its start and end are logged, no bar
     pl = os.path.join(rdir, "pseudo_labels.json")
     if groundtruth is None:
         if not os.path.isfile(pl):
