@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.detpre-bootstrapped
 
-.PHONY: demo demo-smoke demo-self-training test lint venv clean-demo
+.PHONY: demo demo-long demo-smoke demo-self-training test lint venv clean-demo
 
 $(STAMP): scripts/bootstrap.sh scripts/build_detectron2_wheel.py requirements.txt setup.py
 	bash scripts/bootstrap.sh
@@ -14,6 +14,11 @@ venv: $(STAMP)
 # two runs at once, one thread each (tools/demo.py --jobs)
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# the same comparison with 600 fine-tuning iterations (3x the demo's), where SoCo's ResNet + FPN
+# init is ahead of random init (docs/transfer.md); ~30 min on 2 cores
+demo-long: $(STAMP)
+	$(PY) tools/demo.py --output-dir output/demo_long SOLVER.MAX_ITER 600 SOLVER.STEPS "(480,)"
 
 # every method's pipeline at a few iterations: what CI runs after the tests
 demo-smoke: $(STAMP)
