@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from _catalog import names_freed
 
 from detpre.config import get_detpre_cfg
 from detpre.jobs import REPO_ROOT, final_metrics, is_finished, mean_std, paired_difference, repo_path
@@ -181,6 +182,15 @@ def test_run_transfer_pairs_seeds_and_keeps_one_export_per_transfer_path(tmp_pat
 
 
 def test_a_run_killed_during_its_final_evaluation_is_evaluated_again(tmp_path):
+    from detpre.data.datasets import DEMO_NAMES
+    from detpre.data.datasets.reid import REID_DEMO_NAMES
+
+    # the run registers the demo names (at this tmp root) and two of its own: all put back after
+    with names_freed((*DEMO_NAMES, *REID_DEMO_NAMES), extra=("jobs_eval_train", "jobs_eval_val")):
+        _killed_during_final_evaluation(tmp_path)
+
+
+def _killed_during_final_evaluation(tmp_path):
     """model_final.pth is written before the end-of-training evaluation: a kill in between leaves
     a finished run without AP. final_evaluation evaluates model_final.pth and gives the record the
     trainer wrote (here computed first by an uninterrupted run, then removed)."""
@@ -198,6 +208,8 @@ def test_a_run_killed_during_its_final_evaluation_is_evaluated_again(tmp_path):
     config = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
     from detpre.data.datasets import register_from_config
 
+    opts += ["DATASETS.DEMO_ROOT", str(tmp_path / "demo_default"), "DATASETS.REID_DEMO_ROOT",
+             str(tmp_path / "reid_default")]
     cfg = get_detpre_cfg(repo_path(config), opts + ["OUTPUT_DIR", out])
     register_from_config(cfg)
     trainer = Trainer(cfg)
