@@ -131,3 +131,9 @@ def test_label_round_measures_the_pseudo_labels_it_writes(tmp_path):
     again = st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": thr}, gt)  # reused
     assert again[0] == pl and json.dumps(again[1], sort_keys=True) == json.dumps(q, sort_keys=True)
     assert os.path.getmtime(pl) == stamp
+    # another threshold on the same directory: filtered again from the same detections, not reused
+    higher = max(a["score"] for a in kept["annotations"])
+    pl2, q2 = st_jobs.label_round(cfg, plain, rdir, weights, {"score_threshold": higher, "progress": False}, gt)
+    assert q2["threshold"] == higher and q2["kept"] == len(json.load(open(pl2))["annotations"]) <= q["kept"]
+    assert all(a["score"] >= higher for a in json.load(open(pl2))["annotations"])
+    assert json.load(open(dets)) == data

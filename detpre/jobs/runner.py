@@ -171,19 +171,22 @@ def final_evaluation(config: str, out_dir: str, opts: Sequence[Any] = ()) -> Dic
     evaluation record: then ``model_final.pth`` is evaluated here, and the record is appended to
     ``metrics.json`` as the trainer would have written it. {} for an unfinished run.
     """
+    from detpre.config import get_detpre_cfg
+
+    cfg = get_detpre_cfg(repo_path(config), [str(o) for o in opts] + ["OUTPUT_DIR", out_dir])
     found = final_metrics(out_dir)
-    if found or not is_finished(out_dir):
-        return found
+    # a periodic evaluation (TEST.EVAL_PERIOD) before the kill is not the final one
+    final = found.get("iteration", -1) >= cfg.SOLVER.MAX_ITER - 1
+    if final or not is_finished(out_dir):
+        return found if final else {}
+    if not cfg.DATASETS.TEST:
+        return {}
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from detpre.config import get_detpre_cfg
     from detpre.data.datasets import register_from_config
     from detpre.engine.defaults import trainer_class
     from detpre.utils.io import atomic_open
 
-    cfg = get_detpre_cfg(repo_path(config), [str(o) for o in opts] + ["OUTPUT_DIR", out_dir])
-    if not cfg.DATASETS.TEST:
-        return {}
     say(f"[{out_dir}] finished without its final evaluation (killed during it?): evaluating model_final.pth")
     with _EVAL_LOCK:
         register_from_config(cfg)
@@ -191,7 +194,7 @@ def final_evaluation(config: str, out_dir: str, opts: Sequence[Any] = ()) -> Dic
         model = trainer_cls.build_model(cfg)
         DetectionCheckpointer(model).load(os.path.join(out_dir, "model_final.pth"))
         res = trainer_cls.test(cfg, model)
-    record = {"iteration": cfg.SOLVER.MAX_ITER - 1,
+    record = {"iteration": cfg.SOLVER.MAX_ITER,  # where detectron2's writer puts the final evaluation
               **{f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}}
     path = os.path.join(out_dir, "metrics.json")
     old = open(path).read() if os.path.isfile(path) else ""

@@ -97,7 +97,8 @@ def label_round(tcfg, dicts, rdir, weights, label_kwargs=None, groundtruth=None)
     ``rdir/pseudo_labels.json``: ``dicts`` pseudo-labeled by the teacher (``tcfg`` + ``weights``);
     returns ``(path, quality)``. With ``groundtruth`` (a COCO json of these images), through the
     teacher's detections at its test threshold, and ``quality`` is their precision / recall at
-    the pseudo-label threshold, curve and teacher box AP (else None). Reused when written.
+    the pseudo-label threshold, curve and teacher box AP (else None). Reused when written at
+    the same thresholds; another threshold filters the detections again.
     """
     kw = dict(label_kwargs or {})
     kw.setdefault("progress", False)  # a job among others: its start and end are logged, no bar
@@ -107,23 +108,28 @@ def label_round(tcfg, dicts, rdir, weights, label_kwargs=None, groundtruth=None)
             label_images(tcfg, dicts, pl, weights=weights, **kw)
         return pl, None
     qpath = os.path.join(rdir, "pseudo_label_quality.json")
-    if os.path.isfile(pl) and os.path.isfile(qpath):
-        with open(qpath) as f:
-            return pl, json.load(f)
     st = tcfg.MODEL.SELF_TRAINING
     thr, cls = kw.pop("score_threshold", None), kw.pop("class_thresholds", None)
     thresholds = resolve_thresholds(st.SCORE_THRESHOLD if thr is None else thr,
                                     st.CLASS_THRESHOLDS if cls is None else cls, num_classes_of(tcfg))
+    floor = detections_floor(tcfg, thresholds)
+    cached = None
+    if os.path.isfile(pl) and os.path.isfile(qpath):
+        with open(qpath) as f:
+            cached = json.load(f)
+        if cached.get("thresholds") == thresholds.tolist():
+            return pl, cached
     dets = os.path.join(rdir, "teacher_detections.json")
-    if not os.path.isfile(dets):
-        label_images(tcfg, dicts, dets, weights=weights, score_threshold=detections_floor(tcfg, thresholds),
-                     class_thresholds=[], **kw)
+    # detections made at a floor above a new threshold lack boxes it keeps: label again
+    if not os.path.isfile(dets) or (cached is not None and cached.get("detections_floor", 1.0) > floor):
+        label_images(tcfg, dicts, dets, weights=weights, score_threshold=floor, class_thresholds=[], **kw)
     filter_pseudo_labels(dets, pl, thresholds)
     with open(dets) as f:
         cats = [c["id"] for c in json.load(f)["categories"]]
     at = float(thresholds[0]) if len(set(thresholds.tolist())) == 1 else dict(zip(cats, thresholds.tolist()))
     quality = {**pseudo_label_quality(dets, groundtruth, at), "groundtruth_json": groundtruth,
-               "teacher_unlabeled": teacher_box_ap(dets, groundtruth)}
+               "teacher_unlabeled": teacher_box_ap(dets, groundtruth),
+               "thresholds": thresholds.tolist(), "detections_floor": floor}
     write_json_atomic(qpath, quality, indent=1)
     return pl, quality
 

@@ -85,6 +85,12 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     dicts = DatasetCatalog.get(unlabeled)  # (generates the demo, and its ground truth, on first use)
     dicts = dicts[:unlabeled_limit] if unlabeled_limit > 0 else dicts
     groundtruth = groundtruth or unlabeled_groundtruth(unlabeled)
+    # the students' thresholds label every round, whichever config the labelling model comes from
+    label_kwargs = dict(label_kwargs or {})
+    if label_kwargs.get("score_threshold") is None:
+        label_kwargs["score_threshold"] = scfg.MODEL.SELF_TRAINING.SCORE_THRESHOLD
+    if label_kwargs.get("class_thresholds") is None:
+        label_kwargs["class_thresholds"] = list(scfg.MODEL.SELF_TRAINING.CLASS_THRESHOLDS)
     say(f"[self-training benchmark] {len(dicts)} unlabeled images of {unlabeled}; pseudo-label quality "
         + (f"against {groundtruth}" if groundtruth else "not measured (no ground truth)"))
     t_iters = get_detpre_cfg(teacher_config, _opt_str(teacher_opts)).SOLVER.MAX_ITER
@@ -143,7 +149,7 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     result = {"teacher_config": teacher_config, "student_config": student_config,
               "teacher_opts": _opt_str(teacher_opts), "student_opts": _opt_str(student_opts), "seeds": seeds,
               "unlabeled_dataset": unlabeled, "unlabeled_images": len(dicts), "groundtruth": groundtruth,
-              "threshold": scfg.MODEL.SELF_TRAINING.SCORE_THRESHOLD, "rounds": []}
+              "threshold": label_kwargs["score_threshold"], "rounds": []}
     for r in range(1, rounds + 1):
         teachers = [done[teacher_key(r, s)]["metrics"] for s in seeds]
         labels = [done[label_key(r, s)] for s in (seeds[:1] if r == 1 else seeds)]

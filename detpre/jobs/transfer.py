@@ -108,7 +108,8 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
 
     def finetune_job(name, seed):
         def run(pre=(None, None)):
-            run_name = name if detectors.get(name, "mask_rcnn") == "mask_rcnn" else f"{name}_{detectors[name]}"
+            det = detectors.get(name, "mask_rcnn")
+            run_name = name if det == "mask_rcnn" or name.endswith(f"_{det}") else f"{name}_{det}"
             out = os.path.join(output_dir, "finetune", run_name.replace(" ", "_"), f"seed{seed}")
             return finetune(finetune_config, out, pre[1], seed, finetune_opts, f"fine-tune {name} seed {seed}",
                             threads)
