@@ -6,6 +6,7 @@ import shutil
 
 import _reid_miniatures as mini
 import pytest
+from _catalog import names_freed
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from detpre.config import get_detpre_cfg
@@ -107,6 +108,14 @@ def test_vehiclex_labels_from_xml_or_names(tmp_path, xml):
 
 
 def test_register_from_config_names_and_protocols(tmp_path):
+    from detpre.data.datasets.reid import REID_DEMO_NAMES
+
+    # the re-ID demo names get this test's root: put back afterwards (others use the default root)
+    with names_freed(REID_DEMO_NAMES):
+        _register_from_config_names_and_protocols(tmp_path)
+
+
+def _register_from_config_names_and_protocols(tmp_path):
     mini.market(tmp_path / "m")
     mini.vehicleid(tmp_path / "vid")
     mini.vehiclex(tmp_path / "vx")

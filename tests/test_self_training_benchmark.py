@@ -34,11 +34,15 @@ def fake_jobs(tmp_path, monkeypatch):
         calls["train"].append((kind, r, int(o["SEED"]), o))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "metrics.json"), "w") as f:
-            f.write(json.dumps({"iteration": 9, "bbox/AP": _ap(kind, r, int(o["SEED"])), "bbox/AP50": 0.0}) + "\n")
+            # the final evaluation's record: at (beyond) the config's last iteration
+            record = {"iteration": 10 ** 6, "bbox/AP": _ap(kind, r, int(o["SEED"])), "bbox/AP50": 0.0}
+            f.write(json.dumps(record) + "\n")
         return 1.0
 
     def label_round(tcfg, dicts, rdir, weights, label_kwargs=None, groundtruth=None):
         calls["label"].append((rdir, weights, len(dicts)))
+        # every round labels at the students' threshold, whichever config the teacher comes from
+        assert label_kwargs["score_threshold"] == 0.5 and label_kwargs["class_thresholds"] == []
         os.makedirs(rdir, exist_ok=True)
         pl = os.path.join(rdir, "pseudo_labels.json")
         with open(pl, "w") as f:
