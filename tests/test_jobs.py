@@ -181,16 +181,17 @@ def test_run_transfer_pairs_seeds_and_keeps_one_export_per_transfer_path(tmp_pat
     assert os.path.isfile(tmp_path / "benchmark_transfer.json")
 
 
-def test_a_run_killed_during_its_final_evaluation_is_evaluated_again(tmp_path):
+@pytest.fixture
+def demo_names_freed():
+    """The run registers the demo names (at a tmp root) and two of its own: all put back after."""
     from detpre.data.datasets import DEMO_NAMES
     from detpre.data.datasets.reid import REID_DEMO_NAMES
 
-    # the run registers the demo names (at this tmp root) and two of its own: all put back after
     with names_freed((*DEMO_NAMES, *REID_DEMO_NAMES), extra=("jobs_eval_train", "jobs_eval_val")):
-        _killed_during_final_evaluation(tmp_path)
+        yield
 
 
-def _killed_during_final_evaluation(tmp_path):
+def test_a_run_killed_during_its_final_evaluation_is_evaluated_again(tmp_path, demo_names_freed):
     """model_final.pth is written before the end-of-training evaluation: a kill in between leaves
     a finished run without AP. final_evaluation evaluates model_final.pth and gives the record the
     trainer wrote (here computed first by an uninterrupted run, then removed)."""

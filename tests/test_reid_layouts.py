@@ -107,15 +107,16 @@ def test_vehiclex_labels_from_xml_or_names(tmp_path, xml):
     assert get_layout("vehiclex").test_splits == ()
 
 
-def test_register_from_config_names_and_protocols(tmp_path):
+@pytest.fixture
+def reid_demo_names_freed():
+    """The re-ID demo names get the test's root: put back afterwards (others use the default root)."""
     from detpre.data.datasets.reid import REID_DEMO_NAMES
 
-    # the re-ID demo names get this test's root: put back afterwards (others use the default root)
     with names_freed(REID_DEMO_NAMES):
-        _register_from_config_names_and_protocols(tmp_path)
+        yield
 
 
-def _register_from_config_names_and_protocols(tmp_path):
+def test_register_from_config_names_and_protocols(tmp_path, reid_demo_names_freed):
     mini.market(tmp_path / "m")
     mini.vehicleid(tmp_path / "vid")
     mini.vehiclex(tmp_path / "vx")
