@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 from detpre.utils.checkpoint_io import is_finished
 
 __all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "run_graph", "is_finished",
-           "final_evaluation",
+           "final_evaluation", "evaluate_weights",
            "train", "metrics_records", "final_metrics", "PROGRESS_S"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -164,6 +164,23 @@ def final_metrics(out_dir: str) -> Dict[str, Any]:
 _EVAL_LOCK = threading.Lock()  # evaluations in this process: one at a time (data set registration)
 
 
+def evaluate_weights(cfg, weights: str) -> Dict[str, Any]:
+    """AP of ``weights`` on ``cfg``'s DATASETS.TEST with its trainer's evaluators, in this process,
+    flattened as the trainer's metrics.json has it (``bbox/AP``, ``segm/AP``, ...)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from detpre.data.datasets import register_from_config
+    from detpre.engine.defaults import trainer_class
+
+    with _EVAL_LOCK:
+        register_from_config(cfg)
+        trainer_cls = trainer_class(cfg)
+        model = trainer_cls.build_model(cfg)
+        DetectionCheckpointer(model).load(weights)
+        res = trainer_cls.test(cfg, model)
+    return {f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}
+
+
 def final_evaluation(config: str, out_dir: str, opts: Sequence[Any] = ()) -> Dict[str, Any]:
     """
     The end-of-training evaluation of the finished run ``config`` + ``opts`` in ``out_dir``. A run
@@ -181,21 +198,11 @@ def final_evaluation(config: str, out_dir: str, opts: Sequence[Any] = ()) -> Dic
         return found if final else {}
     if not cfg.DATASETS.TEST:
         return {}
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    from detpre.data.datasets import register_from_config
-    from detpre.engine.defaults import trainer_class
     from detpre.utils.io import atomic_open
 
     say(f"[{out_dir}] finished without its final evaluation (killed during it?): evaluating model_final.pth")
-    with _EVAL_LOCK:
-        register_from_config(cfg)
-        trainer_cls = trainer_class(cfg)
-        model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model).load(os.path.join(out_dir, "model_final.pth"))
-        res = trainer_cls.test(cfg, model)
     record = {"iteration": cfg.SOLVER.MAX_ITER,  # where detectron2's writer puts the final evaluation
-              **{f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}}
+              **evaluate_weights(cfg, os.path.join(out_dir, "model_final.pth"))}
     path = os.path.join(out_dir, "metrics.json")
     old = open(path).read() if os.path.isfile(path) else ""
     with atomic_open(path, "w") as f:

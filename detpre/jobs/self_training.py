@@ -20,7 +20,6 @@ import math
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from detpre.config import get_detpre_cfg
@@ -38,7 +37,7 @@ from detpre.pseudo_labels import (
 )
 from detpre.utils.io import atomic_open, write_json_atomic
 
-from .runner import final_metrics, is_finished, repo_path
+from .runner import evaluate_weights, final_metrics, is_finished, repo_path
 
 __all__ = ["self_train", "export_plain_checkpoint", "unlabeled_groundtruth", "label_round", "control_opts",
            "pseudo_dataset_opts"]
@@ -76,11 +75,8 @@ def _evaluate(cfg, weights, trained_here=False):
             return json.load(f)
     if not cfg.DATASETS.TEST:
         return {}
-    model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
     logger.info("Evaluating weights: %s", weights)
-    res = Trainer.test(cfg, model)
-    flat = {f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}
+    flat = evaluate_weights(cfg, weights)
     write_json_atomic(cache, flat)
     return flat
 
