@@ -15,10 +15,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# the same comparison with 600 fine-tuning iterations (3x the demo's), where SoCo's ResNet + FPN
-# init is ahead of random init (docs/transfer.md); ~30 min on 2 cores
+# the same comparison, with Jigsaw too, at 600 fine-tuning iterations (3x the demo's), where
+# SoCo's ResNet + FPN init is ahead of random init (docs/transfer.md); ~50 min on 2 cores
 demo-long: $(STAMP)
-	$(PY) tools/demo.py --output-dir output/demo_long SOLVER.MAX_ITER 600 SOLVER.STEPS "(480,)"
+	$(PY) tools/demo.py --methods soco,jigsaw --output-dir output/demo_long SOLVER.MAX_ITER 600 SOLVER.STEPS "(480,)"
 
 # every method's pipeline at a few iterations: what CI runs after the tests
 demo-smoke: $(STAMP)

@@ -33,8 +33,11 @@ DEMO_METHODS = {
 # it, above random init without it). The other methods train only the ResNet.
 DEMO_TRANSFER = {"soco": "backbone_fpn"}
 # Seconds per iteration measured on a 2-core machine, one thread per run, two runs at once:
-# only for the time estimate printed before the demo starts.
-_S_PER_ITER = {"soco": 2.1, "jigsaw": 0.5, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.75}
+# only for the time estimate printed before the demo starts. Fine-tuning gets dearer as it
+# learns (more foreground RoIs reach the mask head): 0.8 s over the first 200 iterations,
+# 1.0 s after (a 600-iteration run takes ~10 minutes).
+_S_PER_ITER = {"soco": 2.1, "jigsaw": 0.5, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8, "finetune_late": 1.0}
+_FINETUNE_EARLY_ITERS = 200
 _S_PER_RUN = 30  # process start, data set loading, the final evaluation on `val`
 _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
                 "SOLVER.CHECKPOINT_PERIOD", "3"]
@@ -53,7 +56,9 @@ def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2
 
     pre = sum(it(DEMO_METHODS[m]) * _S_PER_ITER[m] + _S_PER_RUN for m in methods)
     ft_iters = it(FINETUNE_CONFIG, [*FINETUNE_OPTS, *finetune_opts])
-    ft = (ft_iters * _S_PER_ITER["finetune"] + _S_PER_RUN) * (len(methods) + 1) * len(seeds)
+    early = min(ft_iters, _FINETUNE_EARLY_ITERS)
+    per_run = early * _S_PER_ITER["finetune"] + (ft_iters - early) * _S_PER_ITER["finetune_late"] + _S_PER_RUN
+    ft = per_run * (len(methods) + 1) * len(seeds)
     return 60 + 20 * (len(methods) + 1) + (pre + ft) / max(1, jobs)
 
 
