@@ -181,6 +181,39 @@ def test_run_transfer_pairs_seeds_and_keeps_one_export_per_transfer_path(tmp_pat
     assert os.path.isfile(tmp_path / "benchmark_transfer.json")
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_run_transfer_computes_proposals_before_pretraining_and_on_one_core_when_shared(tmp_path, monkeypatch, jobs):
+    """With two runs at once, a method's proposals are computed in its pretraining task with one
+    worker, so random init's first fine-tuning does not wait for them; with one, on every core
+    before any training. Either way they exist before the method pretrains."""
+    import threading
+
+    from detpre.jobs import transfer
+
+    events, lock = [], threading.Lock()
+
+    def log(*e):
+        with lock:
+            events.append(e)
+
+    monkeypatch.setattr(transfer, "prerequisite_opts", lambda *a, **k: [])
+    monkeypatch.setattr(transfer, "ensure_prerequisites",
+                        lambda config, opts, label, *a, **k: log("proposals", label, k.get("workers")))
+    monkeypatch.setattr(transfer, "pretrain", lambda config, out, opts, label, *a, **k: log("pretrain", label)
+                        or {"train_s": 1.0, "iters": 1, "images_per_s": 1.0})
+    monkeypatch.setattr(transfer, "export", lambda checkpoint, path, *a: (path, None))
+    monkeypatch.setattr(transfer, "finetune", lambda config, out, weights, seed, opts, label, *a, **k:
+                        log("finetune", label) or ({"bbox/AP": 1.0, "bbox/AP50": 1.0, "segm/AP": 1.0}, 1.0))
+    monkeypatch.setattr(transfer, "probe", lambda *a, **k: {"knn_top1": 1.0, "linear_top1": 1.0})
+    methods = [transfer.Method("soco", "configs/demo/soco_R18_FPN_tiny.yaml", detector="backbone_fpn")]
+    transfer.run_transfer(methods, "configs/demo/mask_rcnn_R18_FPN_tiny.yaml", str(tmp_path), seeds=(0,), jobs=jobs)
+    proposals = [e for e in events if e[0] == "proposals"]
+    assert proposals == [("proposals", "soco", 1 if jobs > 1 else None)]
+    assert events.index(proposals[0]) < events.index(("pretrain", "soco pretraining"))
+    if jobs == 1:
+        assert events[0] == proposals[0]
+
+
 @pytest.fixture
 def demo_names_freed():
     """The run registers the demo names (at a tmp root) and two of its own: all put back after."""

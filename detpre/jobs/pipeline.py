@@ -24,16 +24,19 @@ def prerequisite_opts(config: str, out_dir: str) -> List[str]:
     return ["DATASETS.PROPOSAL_FILES_TRAIN", str(tuple(files))]
 
 
-def ensure_prerequisites(config: str, opts: Sequence[str], label: str = "", threads: Optional[int] = None) -> float:
+def ensure_prerequisites(config: str, opts: Sequence[str], label: str = "", threads: Optional[int] = None,
+                         workers: Optional[int] = None) -> float:
     """Compute what ``config`` + ``opts`` reads but nothing trains: selective-search proposals of
-    its training sets (``tools/generate_proposals.py``). Returns seconds spent."""
+    its training sets (``tools/generate_proposals.py``, ``workers`` processes; default all
+    cores). Returns seconds spent."""
     cfg = get_detpre_cfg(repo_path(config), opts)
     sec = 0.0
     if cfg.MODEL.LOAD_PROPOSALS:
         for name, path in zip(cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN):
             if not os.path.isfile(path):
-                sec += run_logged(tool_command("generate_proposals", "--dataset", name, "--output", path),
-                                  path + ".log.txt", f"{label} proposals", threads=threads)
+                cmd = tool_command("generate_proposals", "--dataset", name, "--output", path,
+                                   *(["--workers", str(workers)] if workers else []))
+                sec += run_logged(cmd, path + ".log.txt", f"{label} proposals", threads=threads)
     return sec
 
 

@@ -83,9 +83,14 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
     train_set, test_set = probe_datasets or (ft_cfg.DATASETS.TRAIN[0], ft_cfg.DATASETS.TEST[0])
     os.makedirs(output_dir, exist_ok=True)
 
+    # proposals: on the pretraining task's own core when cores are shared (random init starts
+    # at once), else on every core before any training (the budget's calibration trains on them)
+    in_graph = jobs > 1 and not budget_s
     plans = []
     for m in methods:
         opts = prerequisite_opts(m.config, output_dir) + m.opts
+        if not in_graph:
+            ensure_prerequisites(m.config, opts, m.name)
         if budget_s:
             base = os.path.join(output_dir, m.name)
             os.makedirs(base, exist_ok=True)
@@ -93,10 +98,10 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
             opts += schedule_opts(cfg, calibrated_iters(cfg, budget_s, os.path.join(base, "calibration.json"),
                                                         calibration_iters))
         plans.append((m, opts))
-    for m, opts in plans:  # proposals use every core: one at a time, before any training
-        ensure_prerequisites(m.config, opts, m.name)
 
     def pretrain_and_export(m, opts):
+        if in_graph:
+            ensure_prerequisites(m.config, opts, m.name, threads, workers=1)
         out = os.path.join(output_dir, m.name, "pretrain")
         cost = pretrain(m.config, out, opts, f"{m.name} pretraining", threads)
         # one file per transfer path: a finished export for another detector is never reused
