@@ -11,9 +11,6 @@ ROOT=$(pwd)
 VENV=$ROOT/.venv
 PY=$VENV/bin/python
 PIP="$PY -m pip --disable-pip-version-check -q"
-# --no-compile: byte-compiling every file of torch and the requirements is ~20-30 s of a fresh
-# set-up; Python compiles (and caches) only the modules it imports, on first use
-INSTALL="$PIP install --no-compile"
 
 step() { echo "[bootstrap] $*"; }
 have() { (cd / && "$PY" -c "$1") >/dev/null 2>&1; }
@@ -44,13 +41,13 @@ if ! have "import torch, torchvision, torchvision.ops as o; assert torch.__versi
   # Three '=' on purpose: '==2.13.0' would pick the local CPU wheel (2.13.0+cpu), whose
   # torchvision ops fail to load ("operator torchvision::nms does not exist").
   step "installing torch===2.13.0 torchvision==0.28.0 (a few GB, several minutes the first time)"
-  $INSTALL 'torch===2.13.0' 'torchvision==0.28.0'
+  $PIP install 'torch===2.13.0' 'torchvision==0.28.0'
 fi
 
 if ! have "import yacs, fvcore, pycocotools, skimage, cv2, selectivesearch, pytest, ruff" \
    || [ requirements.txt -nt "$VENV/.requirements-done" ]; then
   step "installing requirements.txt"
-  $INSTALL -r requirements.txt
+  $PIP install -r requirements.txt
   touch "$VENV/.requirements-done"
 fi
 
