@@ -150,6 +150,26 @@ def test_outdated_demo_is_regenerated(small_demo, tmp_path):
         generate_demo_dataset(old, **SMALL)
 
 
+def test_older_version_with_other_sizes_is_replaced_and_keeps_its_images(small_demo, tmp_path):
+    """Version 3 enlarged `val`: a version-2 demo with the old val size is regenerated with the
+    sizes asked for, and the images both have in common are byte-identical (per-image seeds)."""
+    old = str(tmp_path / "v2")
+    generate_demo_dataset(old, num_train=SMALL["num_train"], num_val=2, num_unlabeled=SMALL["num_unlabeled"])
+    with open(os.path.join(old, DEMO_MARKER)) as f:
+        marker = json.load(f)
+    with open(os.path.join(old, DEMO_MARKER), "w") as f:
+        json.dump({**marker, "version": DEMO_VERSION - 1}, f)
+    first_val = open(os.path.join(old, "images", "val", "val_000001.jpg"), "rb").read()
+    assert generate_demo_dataset(old, **SMALL) == old
+    assert _files(old) == _files(small_demo)
+    assert open(os.path.join(old, "images", "val", "val_000001.jpg"), "rb").read() == first_val
+    assert len(os.listdir(os.path.join(old, "images", "val"))) == SMALL["num_val"]
+    with open(os.path.join(old, DEMO_MARKER)) as f:
+        assert json.load(f)["version"] == DEMO_VERSION
+    with pytest.raises(FileExistsError, match="delete"):  # same version, other sizes: an error
+        generate_demo_dataset(old, num_train=1, num_val=1, num_unlabeled=1)
+
+
 def _generate(root):
     generate_demo_dataset(root, **SMALL)
 
@@ -193,7 +213,7 @@ def test_register_demo_generates_on_first_use(tmp_path, fresh_demo_names):
         register_demo(str(tmp_path / "elsewhere"))
     assert not os.path.exists(root)
     val = DatasetCatalog.get("detpre_demo_val")  # generates the full default data set
-    assert len(val) == 50 and all(len(d["annotations"]) >= 2 for d in val)
+    assert len(val) == 300 and all(len(d["annotations"]) >= 2 for d in val)
     assert all(os.path.isfile(d["file_name"]) for d in val)
     meta = MetadataCatalog.get("detpre_demo_val")
     assert meta.evaluator_type == "coco" and len(meta.thing_classes) == 5

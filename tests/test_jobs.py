@@ -264,3 +264,25 @@ def test_a_run_killed_during_its_final_evaluation_is_evaluated_again(tmp_path, d
     assert final_metrics(out)["bbox/AP"] == again["bbox/AP"]  # appended: the next call just reads it
     assert len(open(path).readlines()) == len(kept) + 1
     assert final_evaluation(config, str(tmp_path / "never_ran"), opts) == {}
+
+
+def test_demo_output_is_tied_to_the_demo_data_it_was_scored_on(tmp_path):
+    """A demo resumed over results of another demo data version must not print them as today's."""
+    from detpre.errors import DetpreError
+    from detpre.jobs.demo import check_output_data
+
+    v3 = {"version": 3, "seed": 0, "num_train": 60, "num_val": 300, "num_unlabeled": 300}
+    out = str(tmp_path / "demo")
+    check_output_data(out, v3)  # a new output dir records the data
+    check_output_data(out, v3)  # and accepts it again
+    with open(os.path.join(out, "demo_data.json")) as f:
+        assert json.load(f) == v3
+    with pytest.raises(DetpreError, match=r"demo.*num_val.*50.*delete that directory"):
+        check_output_data(out, {**v3, "version": 2, "num_val": 50})
+    legacy = tmp_path / "legacy"  # results from before the stamp existed
+    (legacy / "finetune").mkdir(parents=True)
+    with pytest.raises(DetpreError, match="before the demo recorded its data"):
+        check_output_data(str(legacy), v3)
+    other = tmp_path / "other"  # e.g. the self-training benchmark's outputs only: not the demo's
+    (other / "benchmark_self_training").mkdir(parents=True)
+    check_output_data(str(other), v3)

@@ -7,19 +7,21 @@ and its interval.
 ``smoke=True`` runs every method's pipeline (and the self-training benchmark and SpCL) for a
 handful of iterations: CI's check that the newcomer's path works.
 """
+import json
 import os
 from typing import Any, Dict, Sequence
 
 from .runner import run_logged, run_parallel, say, tool_command, train
 from .transfer import Method, run_transfer
 
-__all__ = ["DEMO_METHODS", "DEMO_TRANSFER", "FINETUNE_CONFIG", "expected_seconds", "run_demo", "run_smoke_extras"]
+__all__ = ["DEMO_METHODS", "DEMO_TRANSFER", "FINETUNE_CONFIG", "check_output_data", "expected_seconds", "run_demo",
+           "run_smoke_extras"]
 
 FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
-# The demo's fine-tuning budget: 200 iterations at twice the config's LR, so that 3 seeds of
-# random init and of each method fit 15 minutes on 2 cores (the config's own 500 iterations
-# take ~6 minutes a run).
-FINETUNE_OPTS = ["SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(160,)", "SOLVER.WARMUP_ITERS", "20",
+# The demo's fine-tuning budget: 160 iterations at twice the config's LR, so that 3 seeds of
+# random init and of SoCo, each evaluated on the 300 `val` images, fit 15 minutes on 2 cores
+# (the config's own 500 iterations take ~6 minutes a run). `make demo-long` runs 600.
+FINETUNE_OPTS = ["SOLVER.MAX_ITER", "160", "SOLVER.STEPS", "(128,)", "SOLVER.WARMUP_ITERS", "20",
                  "SOLVER.BASE_LR", "0.02"]
 DEMO_METHODS = {
     "soco": "configs/demo/soco_R18_FPN_tiny.yaml",
@@ -38,7 +40,8 @@ DEMO_TRANSFER = {"soco": "backbone_fpn"}
 # 1.0 s after (a 600-iteration run takes ~10 minutes).
 _S_PER_ITER = {"soco": 2.1, "jigsaw": 0.5, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8, "finetune_late": 1.0}
 _FINETUNE_EARLY_ITERS = 200
-_S_PER_RUN = 30  # process start, data set loading, the final evaluation on `val`
+_S_PER_RUN = 55  # process start, data set loading, the final evaluation on the 300 `val` images
+_DATA_STAMP = "demo_data.json"  # in the output dir: the demo data's marker its results were scored on
 _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
                 "SOLVER.CHECKPOINT_PERIOD", "3"]
 
@@ -62,6 +65,32 @@ def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2
     return 60 + 20 * (len(methods) + 1) + (pre + ft) / max(1, jobs)
 
 
+def check_output_data(output_dir: str, marker: Dict[str, Any]) -> None:
+    """
+    Record in ``output_dir`` which demo data (its ``detpre_demo.json`` marker) its runs use, or
+    raise ``DetpreError`` if they used another: a resumed demo skips finished runs, so it would
+    print results scored on, e.g., the 50-image `val` of data version 2 as if they were today's.
+    """
+    from detpre.errors import DetpreError
+    from detpre.utils.io import write_json_atomic
+
+    stamp = os.path.join(output_dir, _DATA_STAMP)
+    if os.path.isfile(stamp):
+        with open(stamp) as f:
+            found = json.load(f)
+        if found == marker:
+            return
+        why = f"were made on the demo data {found}, not today's {marker}"
+    elif any(os.path.exists(os.path.join(output_dir, p)) for p in ("finetune", "benchmark_transfer.json")):
+        why = f"were made before the demo recorded its data ({_DATA_STAMP}); they may be of an older data version"
+    else:
+        os.makedirs(output_dir, exist_ok=True)
+        write_json_atomic(stamp, marker)
+        return
+    raise DetpreError(f"the results in {output_dir} {why}; delete that directory (make clean-demo) "
+                      "or pass another --output-dir")
+
+
 def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2), output_dir: str = "output/demo",
              jobs: int = 2, finetune_opts: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
     """The demo's transfer result (see ``run_transfer``); ``smoke`` shrinks every run to a few
@@ -69,13 +98,16 @@ def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2
     from detectron2.data import DatasetCatalog
 
     from detpre.data.datasets import register_demo
+    from detpre.data.datasets.demo_gen import DEMO_MARKER
 
     unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:
         raise ValueError(f"unknown demo methods {unknown}: use some of {sorted(DEMO_METHODS)}")
-    register_demo()
+    root = register_demo()
     n = {s: len(DatasetCatalog.get(f"detpre_demo_{s}")) for s in ("train", "val", "unlabeled")}
     say(f"[demo] data: {n} images under {os.path.abspath(os.path.join('datasets', 'detpre_demo'))}")
+    with open(os.path.join(root, DEMO_MARKER)) as f:  # present: the data sets were just loaded
+        check_output_data(output_dir, json.load(f))
     extra = _SMOKE_ITERS if smoke else []
     ms = [Method(m, DEMO_METHODS[m], extra, DEMO_TRANSFER.get(m, "mask_rcnn")) for m in methods]
     return run_transfer(ms, FINETUNE_CONFIG, output_dir, seeds=seeds, jobs=jobs,
