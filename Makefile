@@ -15,7 +15,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# the same comparison, with Jigsaw too, at 600 fine-tuning iterations (3x the demo's), where
+# the same comparison, with Jigsaw too, at 600 fine-tuning iterations (the demo runs 160), where
 # SoCo's ResNet + FPN init is ahead of random init (docs/transfer.md); ~50 min on 2 cores
 demo-long: $(STAMP)
 	$(PY) tools/demo.py --methods soco,jigsaw --output-dir output/demo_long SOLVER.MAX_ITER 600 SOLVER.STEPS "(480,)"

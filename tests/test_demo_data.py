@@ -3,6 +3,7 @@ import filecmp
 import json
 import multiprocessing
 import os
+import pathlib
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -159,10 +160,11 @@ def test_older_version_with_other_sizes_is_replaced_and_keeps_its_images(small_d
         marker = json.load(f)
     with open(os.path.join(old, DEMO_MARKER), "w") as f:
         json.dump({**marker, "version": DEMO_VERSION - 1}, f)
-    first_val = open(os.path.join(old, "images", "val", "val_000001.jpg"), "rb").read()
+    first_val = pathlib.Path(old, "images", "val", "val_000001.jpg").read_bytes()
     assert generate_demo_dataset(old, **SMALL) == old
     assert _files(old) == _files(small_demo)
-    assert open(os.path.join(old, "images", "val", "val_000001.jpg"), "rb").read() == first_val
+    assert sorted(os.listdir(tmp_path)) == ["v2"]  # the old copy and the temp dir are gone
+    assert pathlib.Path(old, "images", "val", "val_000001.jpg").read_bytes() == first_val
     assert len(os.listdir(os.path.join(old, "images", "val"))) == SMALL["num_val"]
     with open(os.path.join(old, DEMO_MARKER)) as f:
         assert json.load(f)["version"] == DEMO_VERSION

@@ -266,23 +266,31 @@ def test_a_run_killed_during_its_final_evaluation_is_evaluated_again(tmp_path, d
     assert final_evaluation(config, str(tmp_path / "never_ran"), opts) == {}
 
 
-def test_demo_output_is_tied_to_the_demo_data_it_was_scored_on(tmp_path):
-    """A demo resumed over results of another demo data version must not print them as today's."""
+def test_demo_output_is_tied_to_the_data_and_budget_it_was_made_with(tmp_path):
+    """A demo resumed over results of another demo data version, or of another fine-tuning budget,
+    must not print them as today's: its finished runs would be skipped, not redone."""
     from detpre.errors import DetpreError
     from detpre.jobs.demo import check_output_data
 
     v3 = {"version": 3, "seed": 0, "num_train": 60, "num_val": 300, "num_unlabeled": 300}
+    stamp = {"data": v3, "finetune_opts": ["SOLVER.MAX_ITER", "160"]}
     out = str(tmp_path / "demo")
-    check_output_data(out, v3)  # a new output dir records the data
-    check_output_data(out, v3)  # and accepts it again
+    check_output_data(out, stamp)  # a new output dir records them
+    check_output_data(out, stamp)  # and accepts them again
     with open(os.path.join(out, "demo_data.json")) as f:
-        assert json.load(f) == v3
-    with pytest.raises(DetpreError, match=r"demo.*num_val.*50.*delete that directory"):
-        check_output_data(out, {**v3, "version": 2, "num_val": 50})
+        assert json.load(f) == stamp
+    with pytest.raises(DetpreError, match=r"data .*'num_val': 300.*not .*'num_val': 50.*rm -rf"):
+        check_output_data(out, {**stamp, "data": {**v3, "version": 2, "num_val": 50}})
+    with pytest.raises(DetpreError, match=r"finetune_opts .*'160'.*not .*'600'"):
+        check_output_data(out, {**stamp, "finetune_opts": ["SOLVER.MAX_ITER", "600"]})
+    with open(os.path.join(out, "demo_data.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(DetpreError, match="delete that directory"):
+        check_output_data(out, stamp)
     legacy = tmp_path / "legacy"  # results from before the stamp existed
     (legacy / "finetune").mkdir(parents=True)
-    with pytest.raises(DetpreError, match="before the demo recorded its data"):
-        check_output_data(str(legacy), v3)
+    with pytest.raises(DetpreError, match="before the demo recorded"):
+        check_output_data(str(legacy), stamp)
     other = tmp_path / "other"  # e.g. the self-training benchmark's outputs only: not the demo's
     (other / "benchmark_self_training").mkdir(parents=True)
-    check_output_data(str(other), v3)
+    check_output_data(str(other), stamp)

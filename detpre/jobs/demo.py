@@ -40,8 +40,8 @@ DEMO_TRANSFER = {"soco": "backbone_fpn"}
 # 1.0 s after (a 600-iteration run takes ~10 minutes).
 _S_PER_ITER = {"soco": 2.1, "jigsaw": 0.5, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8, "finetune_late": 1.0}
 _FINETUNE_EARLY_ITERS = 200
-_S_PER_RUN = 55  # process start, data set loading, the final evaluation on the 300 `val` images
-_DATA_STAMP = "demo_data.json"  # in the output dir: the demo data's marker its results were scored on
+_S_PER_RUN = 55  # process start and data set loading; for fine-tuning, the evaluation on the 300 `val` images
+_DATA_STAMP = "demo_data.json"  # in the output dir: the data and fine-tuning options of its results
 _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
                 "SOLVER.CHECKPOINT_PERIOD", "3"]
 
@@ -65,29 +65,34 @@ def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2
     return 60 + 20 * (len(methods) + 1) + (pre + ft) / max(1, jobs)
 
 
-def check_output_data(output_dir: str, marker: Dict[str, Any]) -> None:
+def check_output_data(output_dir: str, stamp: Dict[str, Any]) -> None:
     """
-    Record in ``output_dir`` which demo data (its ``detpre_demo.json`` marker) its runs use, or
-    raise ``DetpreError`` if they used another: a resumed demo skips finished runs, so it would
-    print results scored on, e.g., the 50-image `val` of data version 2 as if they were today's.
+    Record in ``output_dir`` what its runs are scored on and trained with (``stamp``: the demo
+    data's ``detpre_demo.json`` marker and the fine-tuning options), or raise ``DetpreError`` if
+    they differ: a resumed demo skips finished runs, so it would print results scored on, e.g.,
+    the 50-image `val` of data version 2, or trained for another budget, as if they were today's.
     """
     from detpre.errors import DetpreError
     from detpre.utils.io import write_json_atomic
 
-    stamp = os.path.join(output_dir, _DATA_STAMP)
-    if os.path.isfile(stamp):
-        with open(stamp) as f:
-            found = json.load(f)
-        if found == marker:
+    path = os.path.join(output_dir, _DATA_STAMP)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                found = json.load(f)
+        except ValueError:
+            found = {}
+        if found == stamp:
             return
-        why = f"were made on the demo data {found}, not today's {marker}"
+        keys = sorted(k for k in set(found) | set(stamp) if found.get(k) != stamp.get(k))
+        why = "were made with " + "; ".join(f"{k} {found.get(k)}, not {stamp.get(k)}" for k in keys)
     elif any(os.path.exists(os.path.join(output_dir, p)) for p in ("finetune", "benchmark_transfer.json")):
-        why = f"were made before the demo recorded its data ({_DATA_STAMP}); they may be of an older data version"
+        why = f"were made before the demo recorded what they were made with ({_DATA_STAMP})"
     else:
         os.makedirs(output_dir, exist_ok=True)
-        write_json_atomic(stamp, marker)
+        write_json_atomic(path, stamp)
         return
-    raise DetpreError(f"the results in {output_dir} {why}; delete that directory (make clean-demo) "
+    raise DetpreError(f"the results in {output_dir} {why}; delete that directory (rm -rf {output_dir}) "
                       "or pass another --output-dir")
 
 
@@ -105,13 +110,14 @@ def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2
         raise ValueError(f"unknown demo methods {unknown}: use some of {sorted(DEMO_METHODS)}")
     root = register_demo()
     n = {s: len(DatasetCatalog.get(f"detpre_demo_{s}")) for s in ("train", "val", "unlabeled")}
-    say(f"[demo] data: {n} images under {os.path.abspath(os.path.join('datasets', 'detpre_demo'))}")
-    with open(os.path.join(root, DEMO_MARKER)) as f:  # present: the data sets were just loaded
-        check_output_data(output_dir, json.load(f))
+    say(f"[demo] data: {n} images under {root}")
     extra = _SMOKE_ITERS if smoke else []
+    opts = [str(o) for o in (*FINETUNE_OPTS, *extra, *finetune_opts)]
+    with open(os.path.join(root, DEMO_MARKER)) as f:  # present: the data sets were just loaded
+        check_output_data(output_dir, {"data": json.load(f), "finetune_opts": opts})
     ms = [Method(m, DEMO_METHODS[m], extra, DEMO_TRANSFER.get(m, "mask_rcnn")) for m in methods]
     return run_transfer(ms, FINETUNE_CONFIG, output_dir, seeds=seeds, jobs=jobs,
-                        finetune_opts=[*FINETUNE_OPTS, *extra, *finetune_opts])
+                        finetune_opts=opts)
 
 
 def run_smoke_extras(output_dir: str, jobs: int = 2) -> list:

@@ -27,7 +27,7 @@ __all__ = ["generate_demo_dataset", "DEMO_MARKER", "DEMO_SPLITS", "UNLABELED_GRO
 DEMO_MARKER = "detpre_demo.json"  # written last into the temp dir: its presence = complete
 # 2: + annotations/instances_unlabeled_groundtruth.json (same images). 3: `val` 50 -> 300 images
 # (the first 50 unchanged): on 50 images the val set's own sampling moved the AP difference between
-# two inits by ~1.5 box AP, more than the seeds did (docs/transfer.md, section 7). A demo of an
+# two inits by ~1.5 box AP, more than the seeds did (docs/transfer.md, section 6). A demo of an
 # older version is regenerated in place of the old one.
 DEMO_VERSION = 3
 # evaluation only (pseudo-label quality); relative to the demo root
@@ -204,8 +204,8 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled
         return root
     if outdated:
         logging.getLogger(__name__).warning(
-            "%s holds a demo data set of version %s; regenerating it as version %d (the same train and "
-            "unlabeled images; val: %d images)", root, _read_marker(root)["version"], DEMO_VERSION, num_val)
+            "%s holds a demo data set made with %s; regenerating it with %s (images with the same seed "
+            "and index are the same)", root, _read_marker(root), params)
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
@@ -219,6 +219,8 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled
             _generate_split(tmp, split, code, n, seed, categories)
         _write_json(os.path.join(tmp, DEMO_MARKER), params)
         os.chmod(tmp, 0o755)  # mkdtemp made it private
+        if outdated and _read_marker(root) == params:  # another process upgraded it meanwhile
+            return root
         old = _move_aside(root, parent) if outdated else None
         try:
             os.rename(tmp, root)  # atomic; fails if root is a non-empty dir
