@@ -7,7 +7,6 @@ and its interval.
 ``smoke=True`` runs every method's pipeline (and the self-training benchmark and SpCL) for a
 handful of iterations: CI's check that the newcomer's path works.
 """
-import json
 import os
 from typing import Any, Dict, Sequence
 
@@ -73,17 +72,14 @@ def check_output_data(output_dir: str, stamp: Dict[str, Any]) -> None:
     the 50-image `val` of data version 2, or trained for another budget, as if they were today's.
     """
     from detpre.errors import DetpreError
-    from detpre.utils.io import write_json_atomic
+    from detpre.utils.io import read_json, write_json_atomic
 
     path = os.path.join(output_dir, _DATA_STAMP)
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                found = json.load(f)
-        except ValueError:
-            found = {}
-        if found == stamp:
-            return
+    found = read_json(path)
+    if found == stamp:
+        return
+    if os.path.exists(path):  # another stamp, or an unreadable one
+        found = found if isinstance(found, dict) else {}
         keys = sorted(k for k in set(found) | set(stamp) if found.get(k) != stamp.get(k))
         why = "were made with " + "; ".join(f"{k} {found.get(k)}, not {stamp.get(k)}" for k in keys)
     elif any(os.path.exists(os.path.join(output_dir, p)) for p in ("finetune", "benchmark_transfer.json")):
@@ -103,7 +99,7 @@ def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2
     from detectron2.data import DatasetCatalog
 
     from detpre.data.datasets import register_demo
-    from detpre.data.datasets.demo_gen import DEMO_MARKER
+    from detpre.data.datasets.demo_gen import read_demo_marker
 
     unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:
@@ -113,8 +109,7 @@ def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2
     say(f"[demo] data: {n} images under {root}")
     extra = _SMOKE_ITERS if smoke else []
     opts = [str(o) for o in (*FINETUNE_OPTS, *extra, *finetune_opts)]
-    with open(os.path.join(root, DEMO_MARKER)) as f:  # present: the data sets were just loaded
-        check_output_data(output_dir, {"data": json.load(f), "finetune_opts": opts})
+    check_output_data(output_dir, {"data": read_demo_marker(root), "finetune_opts": opts})  # just loaded
     ms = [Method(m, DEMO_METHODS[m], extra, DEMO_TRANSFER.get(m, "mask_rcnn")) for m in methods]
     return run_transfer(ms, FINETUNE_CONFIG, output_dir, seeds=seeds, jobs=jobs,
                         finetune_opts=opts)

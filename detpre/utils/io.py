@@ -11,7 +11,7 @@ import tempfile
 
 from detpre.errors import DetpreError
 
-__all__ = ["atomic_open", "write_bytes_atomic", "write_json_atomic", "output_lock", "OutputLocked"]
+__all__ = ["atomic_open", "read_json", "write_bytes_atomic", "write_json_atomic", "output_lock", "OutputLocked"]
 
 
 def _umask():
@@ -67,6 +67,16 @@ def write_json_atomic(path, data, **dump_kwargs):
 
 class OutputLocked(DetpreError):
     """Another live process is writing the same output."""
+
+
+def read_json(path):
+    """The JSON in ``path``, or None if it is missing or unreadable (e.g. a marker or stamp that
+    a killed writer never finished: ``write_json_atomic`` leaves none half-written)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _pid_alive(pid):

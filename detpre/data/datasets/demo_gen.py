@@ -19,10 +19,12 @@ import tempfile
 import cv2
 import numpy as np
 
+from detpre.utils.io import read_json
+
 from .demo_shapes import CATEGORIES, TEXTURES, draw_shape, random_background, texture
 from .masks import mask_to_bbox, mask_to_polygons
 
-__all__ = ["generate_demo_dataset", "DEMO_MARKER", "DEMO_SPLITS", "UNLABELED_GROUNDTRUTH"]
+__all__ = ["generate_demo_dataset", "read_demo_marker", "DEMO_MARKER", "DEMO_SPLITS", "UNLABELED_GROUNDTRUTH"]
 
 DEMO_MARKER = "detpre_demo.json"  # written last into the temp dir: its presence = complete
 # 2: + annotations/instances_unlabeled_groundtruth.json (same images). 3: `val` 50 -> 300 images
@@ -140,12 +142,9 @@ def _generate_split(out_dir, split, split_code, num_images, seed, categories):
         _write_json(os.path.join(ann_dir, f"instances_{split}.json"), instances)
 
 
-def _read_marker(root):
-    try:
-        with open(os.path.join(root, DEMO_MARKER)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def read_demo_marker(root):
+    """The arguments the demo under ``root`` was made with (its marker), or None if incomplete."""
+    return read_json(os.path.join(root, DEMO_MARKER))
 
 
 def _outdated(found, params):
@@ -188,7 +187,7 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled
     root = os.path.abspath(os.path.expanduser(root))
 
     def existing(outdated_ok=False):
-        found = _read_marker(root)
+        found = read_demo_marker(root)
         if found is None:
             return False
         if outdated_ok and _outdated(found, params):
@@ -199,13 +198,13 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled
                 "delete the directory or pass another root")
         return True
 
-    outdated = _outdated(_read_marker(root), params)
+    outdated = _outdated(read_demo_marker(root), params)
     if existing(outdated_ok=True):
         return root
     if outdated:
         logging.getLogger(__name__).warning(
             "%s holds a demo data set made with %s; regenerating it with %s (images with the same seed "
-            "and index are the same)", root, _read_marker(root), params)
+            "and index are the same)", root, read_demo_marker(root), params)
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
@@ -219,7 +218,7 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled
             _generate_split(tmp, split, code, n, seed, categories)
         _write_json(os.path.join(tmp, DEMO_MARKER), params)
         os.chmod(tmp, 0o755)  # mkdtemp made it private
-        if outdated and _read_marker(root) == params:  # another process upgraded it meanwhile
+        if outdated and read_demo_marker(root) == params:  # another process upgraded it meanwhile
             return root
         old = _move_aside(root, parent) if outdated else None
         try:
