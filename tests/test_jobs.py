@@ -95,6 +95,13 @@ def test_table_and_margin_sentence():
     table = transfer_table(result)
     assert "2.00 ± 1.00" in table and "+2.17" in table and "*" in table
     assert "better than random init beyond the seed noise" in margin_sentence(result)
+    # with the evaluation images' sampling counted, the verdict follows that (wider) interval
+    rows[1]["summary"]["box AP"]["vs_random_images"] = {"mean": 2.17, "low": -0.5, "high": 4.8, "n": 3,
+                                                         "num_images": 300, "excludes_zero": False}
+    assert "+2.17 [-0.50, +4.80]" in transfer_table(result) and "seeds + images" in transfer_table(result)
+    line = margin_sentence(result)
+    assert "[-0.50, +4.80] counting the sampling of the 300 evaluation images too" in line
+    assert "not distinguishable from random init" in line
 
 
 def test_every_tool_answers_help_from_outside_the_repository(tmp_path):

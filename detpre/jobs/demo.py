@@ -48,7 +48,7 @@ _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEP
 def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2,
                      finetune_opts: Sequence[str] = ()) -> float:
     """A rough total for the demo on 2 cores (printed up front): the work of every run, shared
-    by ``jobs`` cores, plus data, proposals, exports and probes."""
+    by ``jobs`` cores, plus data, proposals, exports, probes and the `val` images' bootstrap."""
     from detpre.config import get_detpre_cfg
 
     from .runner import repo_path
@@ -61,7 +61,8 @@ def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2
     early = min(ft_iters, _FINETUNE_EARLY_ITERS)
     per_run = early * _S_PER_ITER["finetune"] + (ft_iters - early) * _S_PER_ITER["finetune_late"] + _S_PER_RUN
     ft = per_run * (len(methods) + 1) * len(seeds)
-    return 60 + 20 * (len(methods) + 1) + (pre + ft) / max(1, jobs)
+    # + per method, its `val` images' bootstrap: ~1 s to match each of 2 x seeds runs, ~400 resamples
+    return 60 + 20 * (len(methods) + 1) + 4 * len(seeds) * len(methods) + (pre + ft) / max(1, jobs)
 
 
 def check_output_data(output_dir: str, stamp: Dict[str, Any]) -> None:

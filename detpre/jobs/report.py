@@ -27,7 +27,8 @@ def _diff(d):
 
 def transfer_table(result: Dict[str, Any]) -> str:
     """Markdown: per init, pretraining cost, probe top-1, AP mean ± std over seeds and the paired
-    difference to random init with its 95% interval (``*``: the interval excludes 0)."""
+    difference to random init with its 95% interval over seeds, and for box AP over seeds and
+    evaluation images (``*``: the interval excludes 0)."""
     table = []
     for r in result["rows"]:
         c, p, s = r["pretrain"], r["probe"], r["summary"]
@@ -36,31 +37,43 @@ def transfer_table(result: Dict[str, Any]) -> str:
             "-" if c is None else f"{c['train_s']:.0f}s / {c['iters']} it",
             "-" if c is None else f"{c['images_per_s']:.1f}",
             f"{p['knn_top1']:.1f}", f"{p.get('linear_top1', math.nan):.1f}",
-            _pm(s["box AP"]), _diff(s["box AP"].get("vs_random")),
+            _pm(s["box AP"]), _diff(s["box AP"].get("vs_random")), _diff(s["box AP"].get("vs_random_images")),
             _pm(s["box AP50"]), _pm(s["mask AP"]), _diff(s["mask AP"].get("vs_random")),
         ])
     headers = ["init", "pretrain", "img/s", "kNN top-1", "linear top-1", "box AP",
-               "Δ box AP [95% CI]", "box AP50", "mask AP", "Δ mask AP [95% CI]"]
+               "Δ box AP [95% CI]", "Δ box AP [95% CI, seeds + images]", "box AP50", "mask AP", "Δ mask AP [95% CI]"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def _verdict(d, baseline):
+def _verdict(d, baseline, noise="the seed noise"):
     """What a paired difference ``d`` (``paired_difference``) to ``baseline`` means."""
     if d["n"] < 2:
         return f"one seed: no interval, no verdict against {baseline}"
-    return (f"better than {baseline} beyond the seed noise" if d["low"] > 0 else
-            f"worse than {baseline} beyond the seed noise" if d["high"] < 0 else
+    return (f"better than {baseline} beyond {noise}" if d["low"] > 0 else
+            f"worse than {baseline} beyond {noise}" if d["high"] < 0 else
             f"not distinguishable from {baseline} at this budget")
 
 
+def _judged(line, d, both, baseline):
+    """``line`` + its verdict: on ``both`` (the interval over seeds and evaluation images) when
+    there is one, since both noise sources move a difference; else on the seeds' interval ``d``."""
+    noise = "the seed noise"
+    if both and both["n"] > 1:
+        line += (f", [{both['low']:+.2f}, {both['high']:+.2f}] counting the sampling of the "
+                 f"{both['num_images']} evaluation images too")
+        d, noise = both, "the noise of seeds and evaluation images"
+    return f"{line} -> {_verdict(d, baseline, noise)}."
+
+
 def margin_sentence(result: Dict[str, Any], metric: str = "box AP") -> str:
-    """One line per method saying what its margin over random init means."""
+    """One line per method saying what its margin over random init means (``_judged``)."""
     n = len(result["seeds"])
     lines = []
     for r in result["rows"][1:]:
         d = r["summary"][metric]["vs_random"]
-        lines.append(f"{r['init']}: {metric} {d['mean']:+.2f} over random init, 95% interval "
-                     f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds -> {_verdict(d, 'random init')}.")
+        line = (f"{r['init']}: {metric} {d['mean']:+.2f} over random init, 95% interval "
+                f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds")
+        lines.append(_judged(line, d, r["summary"][metric].get("vs_random_images"), "random init"))
     return "\n".join(lines)
 
 
@@ -77,14 +90,17 @@ def _q(row, key, fmt="{:.2f}"):
 def self_training_table(result: Dict[str, Any], metric: str = "box AP") -> str:
     """Markdown, a row per round: the teacher's AP, its pseudo-labels' precision / recall at the
     threshold and its AP on the unlabeled images, student and control AP (mean ± std over seeds)
-    and the paired difference student − control with its 95% interval (``*``: excludes 0)."""
+    and the paired difference student − control with its 95% interval over seeds, and over seeds
+    and evaluation images (``*``: excludes 0)."""
     table = []
     for row in result["rounds"]:
         table.append([row["round"], _pm_n(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
                       _q(row, "kept", "{:.0f}"), _q(row, "teacher unlabeled box AP"),
-                      _pm_n(row["student"][metric]), _pm_n(row["control"][metric]), _diff(row["difference"][metric])])
+                      _pm_n(row["student"][metric]), _pm_n(row["control"][metric]), _diff(row["difference"][metric]),
+                      _diff((row.get("difference_images") or {}).get(metric))])
     headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "PL recall", "PL boxes",
-               "teacher box AP (unlabeled)", f"student {metric}", f"control {metric}", "Δ student − control [95% CI]"]
+               "teacher box AP (unlabeled)", f"student {metric}", f"control {metric}", "Δ student − control [95% CI]",
+               "the same [95% CI, seeds + images]"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -116,9 +132,10 @@ def self_training_margin(result: Dict[str, Any], metric: str = "box AP") -> str:
     lines = []
     for row in result["rounds"]:
         d = row["difference"][metric]
-        lines.append(f"round {row['round']}: student {metric} {d['mean']:+.2f} over the control (same start, "
-                     f"iterations and augmentation, labeled images only), 95% interval [{d['low']:+.2f}, "
-                     f"{d['high']:+.2f}] over {d['n']} paired seeds -> {_verdict(d, 'the control')}.")
+        line = (f"round {row['round']}: student {metric} {d['mean']:+.2f} over the control (same start, "
+                f"iterations and augmentation, labeled images only), 95% interval [{d['low']:+.2f}, "
+                f"{d['high']:+.2f}] over {d['n']} paired seeds")
+        lines.append(_judged(line, d, (row.get("difference_images") or {}).get(metric), "the control"))
     return "\n".join(lines)
 
 

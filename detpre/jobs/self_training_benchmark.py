@@ -23,7 +23,7 @@ from detpre.errors import DetpreError
 from detpre.utils.io import write_json_atomic
 
 from .runner import final_evaluation, repo_path, run_graph, say, train
-from .stats import mean_std, paired_difference
+from .stats import ground_truth_json, image_interval, mean_std, paired_difference
 from .transfer import METRICS
 
 __all__ = ["run_self_training_benchmark", "RESULT_FILE"]
@@ -150,6 +150,8 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
               "teacher_opts": _opt_str(teacher_opts), "student_opts": _opt_str(student_opts), "seeds": seeds,
               "unlabeled_dataset": unlabeled, "unlabeled_images": len(dicts), "groundtruth": groundtruth,
               "threshold": label_kwargs["score_threshold"], "rounds": []}
+    test_set = scfg.DATASETS.TEST[0] if scfg.DATASETS.TEST else None
+    gt_json = ground_truth_json(scfg, test_set) if test_set else None
     for r in range(1, rounds + 1):
         teachers = [done[teacher_key(r, s)]["metrics"] for s in seeds]
         labels = [done[label_key(r, s)] for s in (seeds[:1] if r == 1 else seeds)]
@@ -168,6 +170,8 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
                          for label, k in METRICS}
         row["difference"] = {label: paired_difference(row["student"][label]["values"], row["control"][label]["values"])
                              for label, _ in METRICS}
+        runs = {kind: [os.path.join(seed_dir(r, s), kind) for s in seeds] for kind in ("student", "control")}
+        row["difference_images"] = {"box AP": image_interval(runs["student"], runs["control"], test_set, gt_json)}
         result["rounds"].append(row)
     write_json_atomic(os.path.join(output_dir, RESULT_FILE), result, indent=1)
     return result

@@ -1,15 +1,20 @@
 """
 Seeds and intervals: a fine-tuning AP is one draw of a noisy process, so every comparison of
 two initializations is made over S seeds, paired by seed (same data order, same head init).
+
+The paired t-interval covers the seeds only; ``image_interval`` also covers the sampling of the
+evaluation images (``detpre.evaluation.image_bootstrap``), from the runs' own result files.
 """
 import math
+import os
 import statistics
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-__all__ = ["mean_std", "paired_difference", "t_quantile"]
+__all__ = ["mean_std", "paired_difference", "t_quantile", "ground_truth_json", "combined_interval",
+           "image_interval"]
 
 
-def t_quantile(df: int, confidence: float = 0.95) -> float:
+def t_quantile(df: float, confidence: float = 0.95) -> float:
     """Two-sided Student-t quantile (scipy's), e.g. 4.303 for df=2 at 95%."""
     from scipy.stats import t
 
@@ -41,3 +46,62 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
         low, high = m - half, m + half
     return {"mean": m, "std": s, "low": low, "high": high, "n": len(d),
             "excludes_zero": bool(low > 0 or high < 0)}
+
+
+def ground_truth_json(cfg, dataset: str) -> Optional[str]:
+    """The COCO json ``dataset`` is evaluated against (None for a data set without one)."""
+    from detectron2.data import MetadataCatalog
+
+    from detpre.data.datasets import register_from_config
+
+    register_from_config(cfg)
+    path = getattr(MetadataCatalog.get(dataset), "json_file", None)
+    return path if path and os.path.isfile(path) else None
+
+
+def combined_interval(mean: float, seed_std: float, n: int, image_std: float,
+                      confidence: float = 0.95) -> Tuple[float, float]:
+    """
+    The interval of a seed-mean difference whose standard error has a seed part, ``seed_std`` over
+    ``n`` seeds (n - 1 degrees of freedom), and an image part, ``image_std`` from a bootstrap of
+    many resamples (taken as known): se^2 = seed_std^2 / n + image_std^2, with Welch-Satterthwaite's
+    degrees of freedom (n - 1) * se^4 / (seed_std^2 / n)^2. Slightly conservative: the seed x image
+    interaction is in both parts. NaN for one seed (the training noise is unknown).
+    """
+    if n < 2 or math.isnan(seed_std):
+        return math.nan, math.nan
+    seed_var, se2 = seed_std ** 2 / n, seed_std ** 2 / n + image_std ** 2
+    df = (n - 1) * se2 ** 2 / seed_var ** 2 if seed_var > 0 else math.inf
+    half = t_quantile(df, confidence) * math.sqrt(se2)
+    return mean - half, mean + half
+
+
+def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: Optional[str],
+                   gt_json: Optional[str], num_samples: int = 400, iou_type: str = "bbox") -> Optional[Dict[str, Any]]:
+    """
+    The AP difference of ``run_dirs`` to ``base_dirs`` (paired by position: seeds) with a 95%
+    interval over the seeds *and* the evaluation images (``detpre.evaluation.image_bootstrap``,
+    ``combined_interval``), from each finished run's final
+    ``inference/<dataset>/coco_instances_results.json``. None when a run has no such file written
+    after its final checkpoint, or the data set has no COCO json.
+    """
+    from detpre.evaluation.image_bootstrap import image_bootstrap_difference, load_coco, load_matches
+
+    if not dataset or not gt_json:
+        return None
+    dirs = [*run_dirs, *base_dirs]
+    files = [os.path.join(d, "inference", dataset, "coco_instances_results.json") for d in dirs]
+
+    def final(d, f):  # written by the evaluation after the last checkpoint, not an earlier one
+        ckpt = os.path.join(d, "model_final.pth")
+        return os.path.isfile(f) and os.path.isfile(ckpt) and os.path.getmtime(f) >= os.path.getmtime(ckpt)
+
+    if not all(final(d, f) for d, f in zip(dirs, files)):
+        return None
+    coco_gt = load_coco(gt_json)
+    matches = [load_matches(coco_gt, f, iou_type) for f in files]
+    n = len(run_dirs)
+    r = image_bootstrap_difference(matches[:n], matches[n:], num_samples=num_samples)
+    r["low"], r["high"] = combined_interval(r["mean"], r["seed_std"], r["n"], r["image_std"])
+    r["excludes_zero"] = bool(r["low"] > 0 or r["high"] < 0)
+    return r

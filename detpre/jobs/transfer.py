@@ -3,7 +3,8 @@ Transfer benchmark: does a pretraining make a better detector than random init? 
 pretrained (for its config's iterations, or for an equal wall-clock budget), exported, probed
 (kNN / linear top-1 of its backbone on object crops: cheap and far less noisy than AP), and the
 fine-tuning config is trained from every init with S seeds. Rows give mean +- std of AP and the
-difference to random init paired by seed, with its 95% t-interval.
+difference to random init paired by seed, with its 95% t-interval, and for box AP an interval that
+also covers the sampling of the evaluation images (a bootstrap over them).
 """
 import math
 import os
@@ -14,7 +15,7 @@ from detpre.utils.io import write_json_atomic
 
 from .pipeline import ensure_prerequisites, export, finetune, prerequisite_opts, pretrain, probe
 from .runner import repo_path, run_graph
-from .stats import mean_std, paired_difference
+from .stats import ground_truth_json, image_interval, mean_std, paired_difference
 
 __all__ = ["Method", "schedule_opts", "calibrated_iters", "run_transfer", "METRICS"]
 
@@ -71,11 +72,13 @@ def _summary(runs, baseline):
 
 def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: str, seeds: Sequence[int] = (0, 1, 2),
                  jobs: int = 2, finetune_opts: Sequence[str] = (), budget_s: Optional[float] = None,
-                 probe_datasets: Optional[Tuple[str, str]] = None, calibration_iters: int = 20) -> Dict[str, Any]:
+                 probe_datasets: Optional[Tuple[str, str]] = None, calibration_iters: int = 20,
+                 image_samples: int = 400) -> Dict[str, Any]:
     """
     Run the benchmark into ``output_dir``; returns ``{"rows": [...], ...}`` (also written to
     ``output_dir/benchmark_transfer.json``). ``jobs`` runs go at once (one thread each when
-    more than one); every finished step is reused, a killed one resumes.
+    more than one); every finished step is reused, a killed one resumes. Box AP's difference to
+    random init also gets an interval over seeds and `val` images (``image_samples`` resamples).
     """
     threads = 1 if jobs > 1 else None
     seeds = [int(s) for s in seeds]
@@ -111,13 +114,15 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
 
     detectors = {m.name: m.detector for m in methods}
 
+    def run_dir(name, seed):
+        det = detectors.get(name, "mask_rcnn")
+        run_name = name if det == "mask_rcnn" or name.endswith(f"_{det}") else f"{name}_{det}"
+        return os.path.join(output_dir, "finetune", run_name.replace(" ", "_"), f"seed{seed}")
+
     def finetune_job(name, seed):
         def run(pre=(None, None)):
-            det = detectors.get(name, "mask_rcnn")
-            run_name = name if det == "mask_rcnn" or name.endswith(f"_{det}") else f"{name}_{det}"
-            out = os.path.join(output_dir, "finetune", run_name.replace(" ", "_"), f"seed{seed}")
-            return finetune(finetune_config, out, pre[1], seed, finetune_opts, f"fine-tune {name} seed {seed}",
-                            threads)
+            return finetune(finetune_config, run_dir(name, seed), pre[1], seed, finetune_opts,
+                            f"fine-tune {name} seed {seed}", threads)
         return run
 
     # one graph: a core fine-tunes from random init while the other still pretrains; the probes
@@ -143,6 +148,11 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
     baseline = rows[0]["finetune"]
     for r in rows:
         r["summary"] = _summary(r["finetune"], baseline)
+    gt_json = ground_truth_json(ft_cfg, test_set)
+    for r in rows[1:]:
+        r["summary"]["box AP"]["vs_random_images"] = image_interval(
+            [run_dir(r["init"], s) for s in seeds], [run_dir("random init", s) for s in seeds], test_set, gt_json,
+            num_samples=image_samples)
     result = {"finetune_config": finetune_config, "finetune_opts": list(finetune_opts), "seeds": seeds,
               "budget_s": budget_s, "probe_datasets": [train_set, test_set], "rows": rows}
     write_json_atomic(os.path.join(output_dir, "benchmark_transfer.json"), result, indent=1)
