@@ -160,10 +160,13 @@ def test_spreads_are_the_seeds_and_the_images():
 
 
 def test_combined_interval_by_hand():
-    # seed part 0.6^2 / 3 = 0.12, image part 0.3^2 = 0.09: se = sqrt(0.21); df = 2 * 0.21^2 / 0.12^2 = 6.125
-    low, high = combined_interval(1.0, 0.6, 3, 0.3)
-    half = student_t.ppf(0.975, 6.125) * math.sqrt(0.21)
+    # seed part 0.3^2 / 3 = 0.03, image part 0.5^2 = 0.25: se = sqrt(0.28); df = 2 * 0.28^2 / 0.03^2
+    low, high = combined_interval(1.0, 0.3, 3, 0.5)
+    half = student_t.ppf(0.975, 2 * 0.28 ** 2 / 0.03 ** 2) * math.sqrt(0.28)
     assert (low, high) == pytest.approx((1.0 - half, 1.0 + half))
+    # a small image part: never narrower than the seeds' t-interval (Welch's df alone would shrink it)
+    seeds_only = student_t.ppf(0.975, 2) * 0.6 / math.sqrt(3)
+    assert combined_interval(1.0, 0.6, 3, 0.05) == pytest.approx((1.0 - seeds_only, 1.0 + seeds_only))
     # no image part: the paired t-interval; no seed spread: the normal interval of the image part
     assert combined_interval(1.0, 0.6, 3, 0.0) == pytest.approx(
         (1.0 - student_t.ppf(0.975, 2) * 0.6 / math.sqrt(3), 1.0 + student_t.ppf(0.975, 2) * 0.6 / math.sqrt(3)))

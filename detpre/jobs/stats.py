@@ -65,14 +65,16 @@ def combined_interval(mean: float, seed_std: float, n: int, image_std: float,
     The interval of a seed-mean difference whose standard error has a seed part, ``seed_std`` over
     ``n`` seeds (n - 1 degrees of freedom), and an image part, ``image_std`` from a bootstrap of
     many resamples (taken as known): se^2 = seed_std^2 / n + image_std^2, with Welch-Satterthwaite's
-    degrees of freedom (n - 1) * se^4 / (seed_std^2 / n)^2. Slightly conservative: the seed x image
-    interaction is in both parts. NaN for one seed (the training noise is unknown).
+    degrees of freedom (n - 1) * se^4 / (seed_std^2 / n)^2. Never narrower than the seeds' own
+    t-interval: with few seeds Welch's larger degrees of freedom can shrink it, but a second noise
+    source adds no confidence. Slightly conservative besides: the seed x image interaction is in
+    both parts. NaN for one seed (the training noise is unknown).
     """
     if n < 2 or math.isnan(seed_std):
         return math.nan, math.nan
     seed_var, se2 = seed_std ** 2 / n, seed_std ** 2 / n + image_std ** 2
     df = (n - 1) * se2 ** 2 / seed_var ** 2 if seed_var > 0 else math.inf
-    half = t_quantile(df, confidence) * math.sqrt(se2)
+    half = max(t_quantile(df, confidence) * math.sqrt(se2), t_quantile(n - 1, confidence) * math.sqrt(seed_var))
     return mean - half, mean + half
 
 
