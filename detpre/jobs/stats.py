@@ -85,7 +85,8 @@ def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: O
     interval over the seeds *and* the evaluation images (``detpre.evaluation.image_bootstrap``,
     ``combined_interval``), from each finished run's final
     ``inference/<dataset>/coco_instances_results.json``. None when a run has no such file written
-    after its final checkpoint, or the data set has no COCO json.
+    after its final checkpoint (a run copied without its file times loses it: ``cp -p``), or the
+    data set has no COCO json.
     """
     from detpre.evaluation.image_bootstrap import image_bootstrap_difference, load_coco, load_matches
 

@@ -148,10 +148,11 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
     baseline = rows[0]["finetune"]
     for r in rows:
         r["summary"] = _summary(r["finetune"], baseline)
-    gt_json = ground_truth_json(ft_cfg, test_set)
+    eval_set = ft_cfg.DATASETS.TEST[0] if ft_cfg.DATASETS.TEST else None  # what fine-tuning is scored on
+    gt_json = ground_truth_json(ft_cfg, eval_set) if eval_set else None
     for r in rows[1:]:
         r["summary"]["box AP"]["vs_random_images"] = image_interval(
-            [run_dir(r["init"], s) for s in seeds], [run_dir("random init", s) for s in seeds], test_set, gt_json,
+            [run_dir(r["init"], s) for s in seeds], [run_dir("random init", s) for s in seeds], eval_set, gt_json,
             num_samples=image_samples)
     result = {"finetune_config": finetune_config, "finetune_opts": list(finetune_opts), "seeds": seeds,
               "budget_s": budget_s, "probe_datasets": [train_set, test_set], "rows": rows}
