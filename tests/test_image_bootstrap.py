@@ -200,6 +200,13 @@ def test_transfer_interval_reads_each_runs_final_results(tmp_path):
     assert r["excludes_zero"] == (r["low"] > 0 or r["high"] < 0)
     assert image_interval(dirs["a"], [str(tmp_path / "nowhere")] * 2, "val", str(tmp_path / "gt.json")) is None
     assert image_interval(dirs["a"], dirs["b"], None, str(tmp_path / "gt.json")) is None  # no DATASETS.TEST
+    cut = os.path.join(dirs["a"][0], "inference", "val", "coco_instances_results.json")
+    full = open(cut).read()
+    with open(cut, "w") as f:  # killed while detectron2 wrote it
+        f.write(full[: len(full) // 2])
+    assert image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json")) is None
+    with open(cut, "w") as f:
+        f.write(full)
     stale = os.path.join(dirs["b"][1], "model_final.pth")  # a checkpoint newer than its results
     os.utime(stale, (os.path.getmtime(stale) + 60,) * 2)
     assert image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json")) is None

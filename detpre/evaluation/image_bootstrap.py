@@ -13,7 +13,6 @@ pycocotools itself takes from the input order.
 """
 import contextlib
 import io
-import json
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -116,12 +115,16 @@ def load_coco(gt_json: str):
         return COCO(gt_json)
 
 
-def load_matches(coco_gt, results_json: str, iou_type: str = "bbox") -> ImageMatches:
+def load_matches(coco_gt, results_json: str, iou_type: str = "bbox") -> Optional[ImageMatches]:
     """``ImageMatches`` of a detectron2 ``coco_instances_results.json`` against ``coco_gt`` (a
     ``load_coco``), over all its images. A model with no detection scores 0 here, where detectron2
-    reports NaN ("No predictions from the model!")."""
-    with open(results_json) as f:
-        results = json.load(f)
+    reports NaN ("No predictions from the model!"). None when the file is missing or unreadable
+    (detectron2 writes it in place: a run killed during its evaluation leaves it cut short)."""
+    from detpre.utils.io import read_json
+
+    results = read_json(results_json)
+    if not isinstance(results, list):
+        return None
     return ImageMatches.from_coco(coco_gt, results, iou_type, img_ids=coco_gt.getImgIds())
 
 

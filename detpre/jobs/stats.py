@@ -85,8 +85,8 @@ def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: O
     interval over the seeds *and* the evaluation images (``detpre.evaluation.image_bootstrap``,
     ``combined_interval``), from each finished run's final
     ``inference/<dataset>/coco_instances_results.json``. None when a run has no such file written
-    after its final checkpoint (a run copied without its file times loses it: ``cp -p``), or the
-    data set has no COCO json.
+    after its final checkpoint (a run copied without its file times loses it: ``cp -p``) or a
+    cut-short one, or the data set has no COCO json.
     """
     from detpre.evaluation.image_bootstrap import image_bootstrap_difference, load_coco, load_matches
 
@@ -103,6 +103,8 @@ def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: O
         return None
     coco_gt = load_coco(gt_json)
     matches = [load_matches(coco_gt, f, iou_type) for f in files]
+    if any(m is None for m in matches):
+        return None
     n = len(run_dirs)
     r = image_bootstrap_difference(matches[:n], matches[n:], num_samples=num_samples)
     r["low"], r["high"] = combined_interval(r["mean"], r["seed_std"], r["n"], r["image_std"])
