@@ -11,6 +11,7 @@ from _catalog import names_freed
 
 from detpre.config import get_detpre_cfg
 from detpre.jobs import REPO_ROOT, final_metrics, is_finished, mean_std, paired_difference, repo_path
+from detpre.jobs.pipeline import prerequisite_opts
 from detpre.jobs.report import margin_sentence, transfer_table
 from detpre.jobs.runner import run_logged
 from detpre.jobs.transfer import schedule_opts
@@ -25,6 +26,19 @@ def test_schedule_is_scaled_to_the_iteration_budget():
     cfg.merge_from_list(schedule_opts(cfg, 3))  # the overrides merge; tiny budgets stay valid
     assert cfg.SOLVER.MAX_ITER == 3 and all(0 < s < 3 for s in cfg.SOLVER.STEPS)
     assert cfg.SOLVER.WARMUP_ITERS <= 1
+
+
+def test_precomputed_inputs_go_under_the_jobs_output_dir(tmp_path):
+    """A job's proposals and Jigsaw sample file live in its own output dir: one extracted from other
+    data (another demo data version, another --output-dir) is never read."""
+    out = str(tmp_path / "job")
+    soco = dict(zip(*[iter(prerequisite_opts("configs/demo/soco_R18_FPN_tiny.yaml", out))] * 2))
+    proposals = os.path.join(out, "proposals", "detpre_demo_unlabeled.pkl")
+    assert soco == {"DATASETS.PROPOSAL_FILES_TRAIN": str((proposals,))}
+    jig = dict(zip(*[iter(prerequisite_opts("configs/demo/jigsaw_R18_tiny.yaml", out))] * 2))
+    samples = os.path.join(out, "jigsaw", "samples_detpre_demo_train.json")
+    assert jig == {"DATASETS.JIGSAW_SAMPLES": samples}
+    assert prerequisite_opts("configs/demo/mocov3_R18_tiny.yaml", out) == []
 
 
 def test_final_metrics_is_the_last_evaluation(tmp_path):

@@ -62,3 +62,17 @@ def test_partial_load_of_a_pretrained_part_is_an_error_unless_not_strict(tmp_pat
     model = _Det()
     DetpreCheckpointer(model).load(only_backbone)
     assert torch.equal(model.backbone.bottom_up[0].weight, src.backbone.bottom_up[0].weight)
+
+
+def test_an_rcnn_fpn_export_fills_retinanet_strictly(tmp_path):
+    """RetinaNet's P6/P7 convs have no counterpart in an R-CNN FPN (SoCo's): their absence is not a
+    partial FPN, so a ResNet + FPN export loads into RetinaNet with MODEL.WEIGHTS_STRICT on."""
+    from detectron2.modeling import build_model
+
+    rcnn = build_model(tiny_cfg("mask_rcnn_R18_FPN_tiny.yaml", tmp_path / "a"))
+    weights = _save(rcnn, tmp_path / "bb_fpn.pth", lambda k: k.startswith("backbone."))
+    retina = build_model(tiny_cfg("self_training_retinanet_R18_FPN_tiny_teacher.yaml", tmp_path / "b"))
+    p6 = retina.backbone.top_block.p6.weight.clone()
+    DetpreCheckpointer(retina).load(weights)
+    assert torch.equal(retina.backbone.fpn_lateral3.weight, rcnn.backbone.fpn_lateral3.weight)
+    assert torch.equal(retina.backbone.top_block.p6.weight, p6)  # left to RetinaNet's own init

@@ -33,9 +33,12 @@ READABLE_FORMATS = (
 # A pretrained part may miss at most this share of its weights (e.g. a renamed norm layer).
 MAX_MISSING_SHARE = 0.1
 
+# The FPN's top block is a part of its own: RetinaNet's P6/P7 convs have no counterpart in an R-CNN
+# FPN (a max-pool), so a SoCo export (R-CNN FPN) fills RetinaNet's FPN but not its top block.
 _PARTS = {
     "backbone": lambda k: k.startswith("backbone.") and not k.startswith(("backbone.fpn_", "backbone.top_block.")),
-    "FPN": lambda k: k.startswith(("backbone.fpn_", "backbone.top_block.")),
+    "FPN": lambda k: k.startswith("backbone.fpn_"),
+    "FPN top block": lambda k: k.startswith("backbone.top_block."),
     "box head": lambda k: k.startswith("roi_heads.box_head."),
 }
 

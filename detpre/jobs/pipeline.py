@@ -16,12 +16,17 @@ __all__ = ["prerequisite_opts", "ensure_prerequisites", "pretrain", "export", "p
 
 
 def prerequisite_opts(config: str, out_dir: str) -> List[str]:
-    """Overrides that put a config's precomputed inputs (proposal files) under ``out_dir``."""
+    """Overrides that put a config's precomputed inputs (proposal files, Jigsaw's sample file)
+    under ``out_dir``, so that a job never reads inputs extracted from other data."""
     cfg = get_detpre_cfg(repo_path(config))
-    if not cfg.MODEL.LOAD_PROPOSALS:
-        return []
-    files = [os.path.join(out_dir, "proposals", f"{d}.pkl") for d in cfg.DATASETS.TRAIN]
-    return ["DATASETS.PROPOSAL_FILES_TRAIN", str(tuple(files))]
+    opts = []
+    if cfg.MODEL.LOAD_PROPOSALS:
+        files = [os.path.join(out_dir, "proposals", f"{d}.pkl") for d in cfg.DATASETS.TRAIN]
+        opts += ["DATASETS.PROPOSAL_FILES_TRAIN", str(tuple(files))]
+    if cfg.DATASETS.JIGSAW_SAMPLES:
+        name = os.path.basename(cfg.DATASETS.JIGSAW_SAMPLES)
+        opts += ["DATASETS.JIGSAW_SAMPLES", os.path.join(out_dir, "jigsaw", name)]
+    return opts
 
 
 def ensure_prerequisites(config: str, opts: Sequence[str], label: str = "", threads: Optional[int] = None,
