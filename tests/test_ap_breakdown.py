@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from detpre.evaluation.ap_breakdown import ap_breakdown
+from detpre.evaluation.ap_breakdown import STATS, ap_breakdown
 
 
 def _gt(tmp_path, objects):
@@ -53,7 +53,52 @@ def test_no_detection_and_a_bad_file(tmp_path):
     gt = _gt(tmp_path, OBJECTS)
     r = ap_breakdown(gt, _results(tmp_path, []))
     assert r["AP"] == 0.0 and r["agnostic AP"] == 0.0
+    assert math.isnan(r["APs"]) and math.isnan(r["agnostic APl"])  # no ground truth of that size
     bad = tmp_path / "cut.json"
     bad.write_text('[{"image_id": 1')
     with pytest.raises(ValueError, match="cut.json: not a COCO results file"):
         ap_breakdown(gt, str(bad))
+
+
+def test_a_duplicate_under_another_label_is_a_false_positive_without_classes(tmp_path):
+    """detectron2 writes one box per class: a second, lower-scored label on an object is a false
+    positive in class-agnostic scoring (the object matches once), and leaves AR100 alone."""
+    gt = _gt(tmp_path, OBJECTS)
+    dets = [(1, 1, OBJECTS[0][1], 0.9), (2, 2, OBJECTS[1][1], 0.8), (1, 2, OBJECTS[0][1], 0.7)]
+    r = ap_breakdown(gt, _results(tmp_path, dets))
+    assert r["AP"] == pytest.approx(100.0)  # class 2's extra box ranks below its true one
+    assert r["agnostic AR100"] == pytest.approx(100.0)
+    assert r["agnostic AP50"] == pytest.approx(100.0)  # both objects found before the duplicate
+
+
+def test_the_tool_prints_each_group_and_its_difference(tmp_path, capsys):
+    import importlib.util
+    import os
+
+    gt = _gt(tmp_path, OBJECTS)
+    runs = {}
+    for name, dets in (("good", [(1, 1, OBJECTS[0][1], 0.9), (2, 2, OBJECTS[1][1], 0.8)]),
+                       ("swapped", [(1, 2, OBJECTS[0][1], 0.9), (2, 1, OBJECTS[1][1], 0.8)])):
+        run = tmp_path / name
+        (run / "inference" / "toy_val").mkdir(parents=True)
+        (run / "config.yaml").write_text("DATASETS:\n  TEST: ('toy_val',)\n")
+        (run / "inference" / "toy_val" / "coco_instances_results.json").write_text(
+            json.dumps([{"image_id": i, "category_id": c, "bbox": b, "score": s} for i, c, b, s in dets]))
+        runs[name] = str(run)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if "toy_val" not in DatasetCatalog.list():
+        DatasetCatalog.register("toy_val", lambda: [])
+    MetadataCatalog.get("toy_val").set(json_file=gt)
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "ap_breakdown.py")
+    spec = importlib.util.spec_from_file_location("ap_breakdown_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--group", f"good={runs['good']}", "--group", f"swapped={runs['swapped']}"]) == 0
+    out = capsys.readouterr().out
+    diff = next(line for line in out.splitlines() if "swapped - good" in line)
+    cells = [c.strip() for c in diff.strip("|").split("|")]
+    assert cells[2] == "-100.00"  # AP: every label wrong
+    assert cells[2 + len(STATS)] == "+0.00"  # class-agnostic AP: the same boxes
+    with pytest.raises(SystemExit, match="give NAME=DIR"):
+        tool.main(["--group", "soco=,"])

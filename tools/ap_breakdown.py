@@ -32,14 +32,17 @@ def main(argv=None):
     groups = []
     for g in args.group:
         name, _, dirs = g.partition("=")
-        if not dirs:
+        dirs = [d for d in dirs.split(",") if d]
+        if not name or not dirs:
             sys.exit(f"ap_breakdown: --group {g!r}: give NAME=DIR[,DIR...]")
-        groups.append((name, [d for d in dirs.split(",") if d]))
+        groups.append((name, dirs))
     first = os.path.join(groups[0][1][0], "config.yaml")
     if not os.path.isfile(first):
         sys.exit(f"ap_breakdown: {first}: no such file; give fine-tuning run directories of tools/train_net.py")
     cfg = get_detpre_cfg(first)
-    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+    if not dataset:
+        sys.exit(f"ap_breakdown: {first} evaluates no data set (DATASETS.TEST is empty); pass --dataset")
     gt = ground_truth_json(cfg, dataset)
     if gt is None:
         sys.exit(f"ap_breakdown: {dataset} has no COCO json to score against")

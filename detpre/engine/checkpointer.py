@@ -6,8 +6,8 @@ checkpoint behind and never loads weights silently wrong.
   ``last_checkpoint`` is updated (atomically) after it; a kill mid-save leaves the previous state;
 - ``--resume`` loads the newest checkpoint that loads, saying which newer ones it skipped;
 - ``MODEL.WEIGHTS``: a missing file or one that is not a checkpoint is a ``DetpreError`` naming
-  it; a pretrained part (backbone, FPN, box head) that loads only in part is an error unless
-  ``MODEL.WEIGHTS_STRICT`` is off (then a warning), with the coverage per part.
+  it; a pretrained part (backbone, FPN, FPN top block, box head) that loads only in part is an
+  error unless ``MODEL.WEIGHTS_STRICT`` is off (then a warning), with the coverage per part.
 """
 import glob
 import logging

@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ImageMatches", "load_coco", "load_matches", "resample_counts", "image_bootstrap_difference"]
+__all__ = ["ImageMatches", "empty_results", "load_coco", "load_matches", "resample_counts",
+           "image_bootstrap_difference"]
 
 
 class ImageMatches:
@@ -42,7 +43,7 @@ class ImageMatches:
         # shallow copies: loadRes writes ids and areas into the dicts it is given
         results = [{k: v for k, v in r.items() if not (iou_type == "segm" and k == "bbox")} for r in results]
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+            coco_dt = coco_gt.loadRes(results) if results else empty_results(coco_gt)
             ev = COCOeval(coco_gt, coco_dt, iou_type)
             if img_ids is not None:
                 ev.params.imgIds = sorted(int(i) for i in img_ids)
@@ -97,7 +98,8 @@ class ImageMatches:
         return 100.0 * float(np.mean(per_category)) if per_category else math.nan
 
 
-def _empty_results(coco_gt):
+def empty_results(coco_gt):
+    """A pycocotools result set with no detection on ``coco_gt``'s images (``loadRes([])`` fails)."""
     from pycocotools.coco import COCO
 
     dt = COCO()

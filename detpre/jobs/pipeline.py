@@ -1,7 +1,8 @@
 """
 The one pipeline behind the demo, the transfer benchmark and self-training: prerequisites of a
-pretraining config (proposals) -> pretrain -> export (checked against the fine-tuning detector)
--> probe the exported backbone -> fine-tune from each init with S seeds -> AP on DATASETS.TEST.
+pretraining config (proposals; Jigsaw's trainer extracts its samples itself; both under the job's
+output dir) -> pretrain -> export (checked against the fine-tuning detector) -> probe the exported
+backbone -> fine-tune from each init with S seeds -> AP on DATASETS.TEST.
 """
 import os
 import threading
