@@ -107,7 +107,9 @@ def _worker(rank, world, port, queue):
         part = f[rank * 3:(rank + 1) * 3].clone().requires_grad_(True)
         loss = mem(part, idx[rank * 3:(rank + 1) * 3])
         loss.backward()
-        queue.put((rank, loss.item(), mem.features.clone()))
+        # a numpy copy travels by value: a torch tensor is shared through a file descriptor that
+        # vanishes when this process exits before the parent reads it
+        queue.put((rank, loss.item(), mem.features.detach().numpy().copy()))
     finally:
         dist.destroy_process_group()
 
@@ -135,6 +137,6 @@ def test_ddp_gather_update_equals_single_process():
     loss = mem(f, idx)
     loss.backward()
     for _, _, feats in results:
-        assert torch.allclose(feats, mem.features, atol=1e-6)
+        assert torch.allclose(torch.from_numpy(feats), mem.features, atol=1e-6)
     # equal halves: the mean of the per-process losses is the full-batch loss
     assert np.mean([r[1] for r in results]) == pytest.approx(loss.item(), rel=1e-5)
