@@ -3,8 +3,10 @@ import json
 import math
 
 import pytest
+from _catalog import names_freed
 
 from detpre.evaluation.ap_breakdown import STATS, ap_breakdown
+from detpre.evaluation.image_bootstrap import load_coco
 
 
 def _gt(tmp_path, objects):
@@ -29,7 +31,7 @@ OBJECTS = [(1, [10, 10, 50, 50]), (2, [20, 20, 50, 50])]  # medium objects (area
 
 def test_swapped_classes_score_zero_with_classes_and_full_without(tmp_path):
     gt = _gt(tmp_path, OBJECTS)
-    r = ap_breakdown(gt, _results(tmp_path, [(1, 2, OBJECTS[0][1], 0.9), (2, 1, OBJECTS[1][1], 0.8)]))
+    r = ap_breakdown(load_coco(gt), _results(tmp_path, [(1, 2, OBJECTS[0][1], 0.9), (2, 1, OBJECTS[1][1], 0.8)]))
     assert r["AP"] == pytest.approx(0.0) and r["agnostic AP"] == pytest.approx(100.0)
     assert r["agnostic AR100"] == pytest.approx(100.0)
     assert math.isnan(r["APs"]) and math.isnan(r["APl"])  # no small or large object
@@ -39,7 +41,7 @@ def test_swapped_classes_score_zero_with_classes_and_full_without(tmp_path):
 def test_a_loose_box_counts_at_iou_50_not_75(tmp_path):
     gt = _gt(tmp_path, OBJECTS)
     loose = [10, 10, 50, 36]  # IoU 0.72 with the first object
-    r = ap_breakdown(gt, _results(tmp_path, [(1, 1, loose, 0.9), (2, 2, OBJECTS[1][1], 0.8)]))
+    r = ap_breakdown(load_coco(gt), _results(tmp_path, [(1, 1, loose, 0.9), (2, 2, OBJECTS[1][1], 0.8)]))
     # class 1: found at IoU thresholds 0.5-0.7 (5 of COCO's 10), class 2 at all 10
     assert r["AP50"] == pytest.approx(100.0) and r["AP75"] == pytest.approx(50.0)
     assert r["AP"] == pytest.approx(100.0 * (5 / 10 + 1) / 2)
@@ -51,13 +53,13 @@ def test_a_loose_box_counts_at_iou_50_not_75(tmp_path):
 
 def test_no_detection_and_a_bad_file(tmp_path):
     gt = _gt(tmp_path, OBJECTS)
-    r = ap_breakdown(gt, _results(tmp_path, []))
+    r = ap_breakdown(load_coco(gt), _results(tmp_path, []))
     assert r["AP"] == 0.0 and r["agnostic AP"] == 0.0
     assert math.isnan(r["APs"]) and math.isnan(r["agnostic APl"])  # no ground truth of that size
     bad = tmp_path / "cut.json"
     bad.write_text('[{"image_id": 1')
     with pytest.raises(ValueError, match="cut.json: not a COCO results file"):
-        ap_breakdown(gt, str(bad))
+        ap_breakdown(load_coco(gt), str(bad))
 
 
 def test_a_duplicate_under_another_label_is_a_false_positive_without_classes(tmp_path):
@@ -65,7 +67,7 @@ def test_a_duplicate_under_another_label_is_a_false_positive_without_classes(tmp
     positive in class-agnostic scoring (the object matches once), and leaves AR100 alone."""
     gt = _gt(tmp_path, OBJECTS)
     dets = [(1, 1, OBJECTS[0][1], 0.9), (2, 2, OBJECTS[1][1], 0.8), (1, 2, OBJECTS[0][1], 0.7)]
-    r = ap_breakdown(gt, _results(tmp_path, dets))
+    r = ap_breakdown(load_coco(gt), _results(tmp_path, dets))
     assert r["AP"] == pytest.approx(100.0)  # class 2's extra box ranks below its true one
     assert r["agnostic AR100"] == pytest.approx(100.0)
     assert r["agnostic AP50"] == pytest.approx(100.0)  # both objects found before the duplicate
@@ -87,14 +89,14 @@ def test_the_tool_prints_each_group_and_its_difference(tmp_path, capsys):
         runs[name] = str(run)
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    if "toy_val" not in DatasetCatalog.list():
-        DatasetCatalog.register("toy_val", lambda: [])
-    MetadataCatalog.get("toy_val").set(json_file=gt)
     path = os.path.join(os.path.dirname(__file__), "..", "tools", "ap_breakdown.py")
     spec = importlib.util.spec_from_file_location("ap_breakdown_tool", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    assert tool.main(["--group", f"good={runs['good']}", "--group", f"swapped={runs['swapped']}"]) == 0
+    with names_freed(["toy_val"]):
+        DatasetCatalog.register("toy_val", lambda: [])
+        MetadataCatalog.get("toy_val").set(json_file=gt)
+        assert tool.main(["--group", f"good={runs['good']}", "--group", f"swapped={runs['swapped']}"]) == 0
     out = capsys.readouterr().out
     diff = next(line for line in out.splitlines() if "swapped - good" in line)
     cells = [c.strip() for c in diff.strip("|").split("|")]

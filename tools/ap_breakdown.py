@@ -20,6 +20,7 @@ import detpre  # noqa: F401  (registers every component)
 from detpre.benchmarks.table import markdown_table
 from detpre.config import get_detpre_cfg
 from detpre.evaluation.ap_breakdown import STATS, ap_breakdown
+from detpre.evaluation.image_bootstrap import load_coco
 from detpre.jobs.stats import ground_truth_json
 
 
@@ -46,6 +47,7 @@ def main(argv=None):
     gt = ground_truth_json(cfg, dataset)
     if gt is None:
         sys.exit(f"ap_breakdown: {dataset} has no COCO json to score against")
+    coco_gt = load_coco(gt)
     keys = [*STATS, *(f"agnostic {k}" for k in STATS)]
     means = {}
     for name, dirs in groups:
@@ -55,7 +57,7 @@ def main(argv=None):
             if not os.path.isfile(path):
                 sys.exit(f"ap_breakdown: {path}: no such file; evaluate the run first (tools/train_net.py --eval-only)")
             try:
-                rows.append(ap_breakdown(gt, path))
+                rows.append(ap_breakdown(coco_gt, path))
             except ValueError as e:
                 sys.exit(f"ap_breakdown: {e}")
         means[name] = np.mean([[r[k] for k in keys] for r in rows], axis=0)

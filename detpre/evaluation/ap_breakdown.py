@@ -10,7 +10,7 @@ import io
 import math
 from typing import Dict
 
-from .image_bootstrap import empty_results, load_coco
+from .image_bootstrap import load_results, read_results
 
 __all__ = ["STATS", "coco_stats", "ap_breakdown"]
 
@@ -24,11 +24,8 @@ def coco_stats(coco_gt, results: list, iou_type: str = "bbox", use_cats: bool = 
     for a size with no ground truth."""
     from pycocotools.cocoeval import COCOeval
 
-    # shallow copies: loadRes writes ids and areas into the dicts, and the list is scored twice
-    results = [{k: v for k, v in r.items() if not (iou_type == "segm" and k == "bbox")} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results) if results else empty_results(coco_gt)
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev = COCOeval(coco_gt, load_results(coco_gt, results, iou_type), iou_type)
         ev.params.useCats = int(use_cats)
         ev.evaluate()
         ev.accumulate()
@@ -37,16 +34,13 @@ def coco_stats(coco_gt, results: list, iou_type: str = "bbox", use_cats: bool = 
     return {k: 100.0 * float(ev.stats[i]) if ev.stats[i] >= 0 else math.nan for k, i in STATS.items()}
 
 
-def ap_breakdown(gt_json: str, results_json: str, iou_type: str = "bbox") -> Dict[str, float]:
-    """``coco_stats`` of a detectron2 ``coco_instances_results.json``, with and without the classes
-    (keys ``"AP"``... and ``"agnostic AP"``...)."""
-    from detpre.utils.io import read_json
-
-    results = read_json(results_json)
-    if not isinstance(results, list):
+def ap_breakdown(coco_gt, results_json: str, iou_type: str = "bbox") -> Dict[str, float]:
+    """``coco_stats`` of a detectron2 ``coco_instances_results.json`` on ``coco_gt`` (a
+    ``load_coco``), with and without the classes (keys ``"AP"``... and ``"agnostic AP"``...)."""
+    results = read_results(results_json)
+    if results is None:
         raise ValueError(f"{results_json}: not a COCO results file (a list of detections); re-run the "
                          "evaluation (tools/train_net.py --eval-only)")
-    coco_gt = load_coco(gt_json)
     out = coco_stats(coco_gt, results, iou_type)
     out.update({f"agnostic {k}": v for k, v in coco_stats(coco_gt, results, iou_type, use_cats=False).items()})
     return out

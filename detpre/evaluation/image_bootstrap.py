@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ImageMatches", "empty_results", "load_coco", "load_matches", "resample_counts",
+__all__ = ["ImageMatches", "load_coco", "load_results", "read_results", "load_matches", "resample_counts",
            "image_bootstrap_difference"]
 
 
@@ -40,11 +40,8 @@ class ImageMatches:
         Only the area range and detection limit of COCO's AP are matched."""
         from pycocotools.cocoeval import COCOeval
 
-        # shallow copies: loadRes writes ids and areas into the dicts it is given
-        results = [{k: v for k, v in r.items() if not (iou_type == "segm" and k == "bbox")} for r in results]
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(results) if results else empty_results(coco_gt)
-            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            ev = COCOeval(coco_gt, load_results(coco_gt, results, iou_type), iou_type)
             if img_ids is not None:
                 ev.params.imgIds = sorted(int(i) for i in img_ids)
             ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]  # "all"
@@ -98,15 +95,32 @@ class ImageMatches:
         return 100.0 * float(np.mean(per_category)) if per_category else math.nan
 
 
-def empty_results(coco_gt):
-    """A pycocotools result set with no detection on ``coco_gt``'s images (``loadRes([])`` fails)."""
+def load_results(coco_gt, results: list, iou_type: str = "bbox"):
+    """``coco_gt.loadRes(results)`` as detectron2's COCOEvaluator scores them (for "segm" the boxes are
+    dropped, so areas come from masks), without its prints and leaving ``results`` untouched;
+    an empty result set too (``loadRes([])`` fails)."""
     from pycocotools.coco import COCO
 
-    dt = COCO()
-    dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
-                  "annotations": []}
-    dt.createIndex()
-    return dt
+    # shallow copies: loadRes writes ids and areas into the dicts it is given
+    results = [{k: v for k, v in r.items() if not (iou_type == "segm" and k == "bbox")} for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            return coco_gt.loadRes(results)
+        dt = COCO()
+        dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                      "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+        dt.createIndex()
+        return dt
+
+
+def read_results(results_json: str) -> Optional[list]:
+    """The detections of a detectron2 ``coco_instances_results.json``; None when the file is missing
+    or unreadable (detectron2 writes it in place: a run killed during its evaluation leaves it cut
+    short)."""
+    from detpre.utils.io import read_json
+
+    results = read_json(results_json)
+    return results if isinstance(results, list) else None
 
 
 def load_coco(gt_json: str):
@@ -120,12 +134,9 @@ def load_coco(gt_json: str):
 def load_matches(coco_gt, results_json: str, iou_type: str = "bbox") -> Optional[ImageMatches]:
     """``ImageMatches`` of a detectron2 ``coco_instances_results.json`` against ``coco_gt`` (a
     ``load_coco``), over all its images. A model with no detection scores 0 here, where detectron2
-    reports NaN ("No predictions from the model!"). None when the file is missing or unreadable
-    (detectron2 writes it in place: a run killed during its evaluation leaves it cut short)."""
-    from detpre.utils.io import read_json
-
-    results = read_json(results_json)
-    if not isinstance(results, list):
+    reports NaN ("No predictions from the model!"). None when ``read_results`` finds no file."""
+    results = read_results(results_json)
+    if results is None:
         return None
     return ImageMatches.from_coco(coco_gt, results, iou_type, img_ids=coco_gt.getImgIds())
 
