@@ -31,6 +31,9 @@ DETECTOR_PREFIXES = {
     # ResNet + FPN for any FPN detector, its RoI box head left to the detector's own init
     "backbone_fpn": ("backbone.",),
     "backbone": ("backbone.bottom_up.",),
+    # ResNet + FPN + RPN + RoI box head: all an R-CNN has that does not depend on its classes
+    # (ClassAgnosticRCNN's box pretraining; the box predictor and mask head stay the detector's)
+    "rpn_box_head": ("backbone.", "proposal_generator.", "roi_heads.box_head."),
 }
 
 
@@ -91,6 +94,7 @@ _DETECTOR_OVERRIDES = {
     "retinanet": {"META_ARCHITECTURE": "RetinaNet", "MASK_ON": False},
     "backbone_fpn": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
     "backbone": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
+    "rpn_box_head": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": False},
 }
 
 

@@ -74,7 +74,7 @@ def add_reliability_config(cfg):
     # Training skips unreadable/missing images (logged once, counted as data/skipped_images);
     # it stops with an error when more than this share of the training images is bad.
     _C.DATALOADER.MAX_BAD_IMAGE_FRACTION = 0.1
-    # MODEL.WEIGHTS that fill less than 90% of a pretrained part (backbone, FPN, FPN top block, box
+    # MODEL.WEIGHTS that fill less than 90% of a pretrained part (backbone, FPN, FPN top block, RPN, box
     # head) they hold is an error; False trains anyway (those weights randomly initialized), with a warning.
     _C.MODEL.WEIGHTS_STRICT = True
 

@@ -18,8 +18,9 @@ METHODS = {  # demo config, what the method trains beyond the ResNet
     "fastmoco": ("configs/demo/fastmoco_R18_tiny.yaml", ()),
     "mocov3": ("configs/demo/mocov3_R18_tiny.yaml", ()),
     "jigsaw": ("configs/demo/jigsaw_R18_tiny.yaml", ()),
+    "agnostic": ("configs/demo/agnostic_R18_FPN_tiny.yaml", ("fpn", "box_head", "rpn")),
 }
-DETECTORS = ("mask_rcnn", "faster_rcnn", "retinanet", "backbone_fpn")
+DETECTORS = ("mask_rcnn", "faster_rcnn", "retinanet", "backbone_fpn", "rpn_box_head")
 
 
 def _randomize(model, seed):
@@ -62,8 +63,8 @@ def _max_diff(a, b):
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("use_target", [False, True], ids=["online", "ema"])
 def test_export_computes_the_same_features(repo_root, tmp_path, method, use_target):
-    if use_target and method == "jigsaw":
-        pytest.skip("Jigsaw has no momentum target")
+    if use_target and method in ("jigsaw", "agnostic"):
+        pytest.skip(f"{method} has no momentum target")
     pre, cfg, ckpt = _pretrained(repo_root, tmp_path, method)
     src = pre.target if use_target else pre
     trained = METHODS[method][1]
@@ -90,6 +91,11 @@ def test_export_computes_the_same_features(repo_root, tmp_path, method, use_targ
                 a, b = src.roi_heads.box_head(feats), det.roi_heads.box_head(feats)
                 assert (a - b).abs().max().item() <= 1e-5
                 assert _max_diff(_bn_stats(src.roi_heads.box_head), _bn_stats(det.roi_heads.box_head)) == 0
+            if "rpn" in trained and "proposal_generator." in DETECTOR_PREFIXES[detector]:
+                feats = [torch.randn(2, 64, 16, 16, generator=torch.Generator().manual_seed(3))]
+                (la,), (da,) = src.proposal_generator.rpn_head(feats)
+                (lb,), (db,) = det.proposal_generator.rpn_head(feats)
+                assert max((la - lb).abs().max().item(), (da - db).abs().max().item()) <= 1e-5
 
 
 def test_checkpoint_with_old_key_names_still_exports(repo_root, tmp_path):

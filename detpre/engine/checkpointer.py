@@ -6,7 +6,7 @@ checkpoint behind and never loads weights silently wrong.
   ``last_checkpoint`` is updated (atomically) after it; a kill mid-save leaves the previous state;
 - ``--resume`` loads the newest checkpoint that loads, saying which newer ones it skipped;
 - ``MODEL.WEIGHTS``: a missing file or one that is not a checkpoint is a ``DetpreError`` naming
-  it; a pretrained part (backbone, FPN, FPN top block, box head) that loads only in part is an
+  it; a pretrained part (backbone, FPN, FPN top block, RPN, box head) that loads only in part is an
   error unless ``MODEL.WEIGHTS_STRICT`` is off (then a warning), with the coverage per part.
 """
 import glob
@@ -39,6 +39,7 @@ _PARTS = {
     "backbone": lambda k: k.startswith("backbone.") and not k.startswith(("backbone.fpn_", "backbone.top_block.")),
     "FPN": lambda k: k.startswith("backbone.fpn_"),
     "FPN top block": lambda k: k.startswith("backbone.top_block."),
+    "RPN": lambda k: k.startswith("proposal_generator."),
     "box head": lambda k: k.startswith("roi_heads.box_head."),
 }
 

@@ -1,7 +1,8 @@
 """
 ``make demo``: does pretraining on the built-in demo data make a better detector? SoCo (on the
-`unlabeled` split's selective-search proposals; ``--methods`` adds Jigsaw on `train`'s own boxes,
-Fast-MoCo, MoCo v3) is pretrained, exported and fine-tuned into the tiny Mask R-CNN on `train`
+`unlabeled` split's selective-search proposals) and box pretraining (class-agnostic, on `train`'s
+own boxes; ``--methods`` adds Jigsaw on `train`'s own boxes, Fast-MoCo, MoCo v3) are pretrained,
+exported and fine-tuned into the tiny Mask R-CNN on `train`
 with S seeds, next to random init with the same seeds and budget; AP on `val`, the paired margin
 and its interval.
 ``smoke=True`` runs every method's pipeline (and the self-training benchmark and SpCL) for a
@@ -27,6 +28,7 @@ DEMO_METHODS = {
     "jigsaw": "configs/demo/jigsaw_R18_tiny.yaml",
     "fastmoco": "configs/demo/fastmoco_R18_tiny.yaml",
     "mocov3": "configs/demo/mocov3_R18_tiny.yaml",
+    "agnostic": "configs/demo/agnostic_R18_FPN_tiny.yaml",
 }
 # What each export gives the demo's Mask R-CNN (``detpre.checkpoint.DETECTOR_PREFIXES``). SoCo
 # gives its ResNet + FPN but not its 4conv1fc box head: after minutes of pretraining that head is
@@ -37,7 +39,8 @@ DEMO_TRANSFER = {"soco": "backbone_fpn"}
 # only for the time estimate printed before the demo starts. Fine-tuning gets dearer as it
 # learns (more foreground RoIs reach the mask head): 0.8 s over the first 200 iterations,
 # 1.0 s after (a 600-iteration run takes ~10 minutes).
-_S_PER_ITER = {"soco": 2.1, "jigsaw": 0.5, "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8, "finetune_late": 1.0}
+_S_PER_ITER = {"soco": 2.1, "agnostic": 0.7, "jigsaw": 0.5,
+               "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8, "finetune_late": 1.0}
 _FINETUNE_EARLY_ITERS = 200
 _S_PER_RUN = 55  # process start and data set loading; for fine-tuning, the evaluation on the 300 `val` images
 _DATA_STAMP = "demo_data.json"  # in the output dir: the data and fine-tuning options of its results
@@ -93,7 +96,8 @@ def check_output_data(output_dir: str, stamp: Dict[str, Any]) -> None:
                       "or pass another --output-dir")
 
 
-def run_demo(methods: Sequence[str] = ("soco",), seeds: Sequence[int] = (0, 1, 2), output_dir: str = "output/demo",
+def run_demo(methods: Sequence[str] = ("soco", "agnostic"), seeds: Sequence[int] = (0, 1, 2),
+             output_dir: str = "output/demo",
              jobs: int = 2, finetune_opts: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
     """The demo's transfer result (see ``run_transfer``); ``smoke`` shrinks every run to a few
     iterations and one seed."""

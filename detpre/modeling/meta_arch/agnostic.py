@@ -1,0 +1,54 @@
+"""
+``ClassAgnosticRCNN``: box pretraining. detectron2's R-CNN trained on a detection data set's own
+boxes with every label replaced by one class, "object".
+
+Why: at a short fine-tuning budget what a detector lacks is localization, not features that
+separate classes (docs/transfer.md section 11). An RPN and a box head that already find and fit
+boxes are a start no feature-level pretraining gives: the class-specific layers (the box
+predictor, the mask head) are the only ones the fine-tuning has to learn from scratch.
+``tools/convert_pretrained.py --detector rpn_box_head`` exports ResNet, FPN, RPN and box head.
+
+Labels are dropped in ``forward``, so any registered detection data set trains it unchanged.
+"""
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import Instances
+
+__all__ = ["ClassAgnosticRCNN"]
+
+
+@META_ARCH_REGISTRY.register()
+class ClassAgnosticRCNN(GeneralizedRCNN):
+    @configurable
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.roi_heads.num_classes != 1:
+            raise ValueError(f"ClassAgnosticRCNN has one class; MODEL.ROI_HEADS.NUM_CLASSES is "
+                             f"{self.roi_heads.num_classes}")
+
+    @classmethod
+    def from_config(cls, cfg):
+        # one class, no mask head: the export keeps only class-independent parts
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+        cfg.MODEL.MASK_ON = False
+        cfg.MODEL.KEYPOINT_ON = False
+        return super().from_config(cfg)
+
+    def forward(self, batched_inputs):
+        if self.training:
+            batched_inputs = [_agnostic(x) for x in batched_inputs]
+        return super().forward(batched_inputs)
+
+
+def _agnostic(x):
+    """A copy of a mapped input whose instances all have class 0 (the caller's dict is kept)."""
+    if "instances" not in x:
+        return x
+    old = x["instances"]
+    inst = Instances(old.image_size, **old.get_fields())  # own field dict: the input stays as it was
+    if inst.has("gt_classes"):
+        inst.gt_classes = torch.zeros_like(inst.gt_classes)
+    return {**x, "instances": inst}
