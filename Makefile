@@ -15,11 +15,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# the demo with SoCo's row too (~18 min on 2 cores: 3 more fine-tuning runs and SoCo's pretraining)
+# SoCo's row added to make demo's results in output/demo (their runs are reused: SoCo's
+# pretraining and 3 fine-tuning runs, ~8 min after make demo, ~18 from scratch)
 demo-soco: $(STAMP)
-	$(PY) tools/demo.py --methods soco,agnostic --output-dir output/demo_soco
+	$(PY) tools/demo.py --methods soco,agnostic
 
-# the same comparison, with Jigsaw too, at 600 fine-tuning iterations (the demo runs 160), where
+# SoCo and Jigsaw vs random init, at 600 fine-tuning iterations (the demo runs 160), where
 # SoCo's ResNet + FPN init is ahead of random init (docs/transfer.md); ~50 min on 2 cores
 demo-long: $(STAMP)
 	$(PY) tools/demo.py --methods soco,jigsaw --output-dir output/demo_long SOLVER.MAX_ITER 600 SOLVER.STEPS "(480,)"

@@ -152,6 +152,9 @@ def export_weights(state_dict: Dict[str, torch.Tensor], detector: str = "mask_rc
     else:
         source = {k: v for k, v in state_dict.items() if not k.startswith("target.")}
     prefixes = DETECTOR_PREFIXES[detector]
+    if detector == "rpn_box_head" and not any(k.startswith("proposal_generator.") for k in source):
+        raise ValueError("rpn_box_head: this checkpoint has no RPN (keys 'proposal_generator.*'; only "
+                         "box pretraining, ClassAgnosticRCNN, trains one); export it with mask_rcnn")
     out = collections.OrderedDict(
         (k, v.detach().cpu().numpy()) for k, v in source.items() if k.startswith(prefixes)
     )

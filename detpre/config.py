@@ -8,7 +8,7 @@ default changes; detectron2 keys that take more values than detectron2's (each s
 the detpre key it goes with):
 
 - ``MODEL.META_ARCHITECTURE``: also "SoCo", "FastMoCo", "JigsawPretrain", "SpCL", which declare
-  their train mapper and hooks (``detpre.method``);
+  their train mapper and hooks (``detpre.method``), and "ClassAgnosticRCNN" (box pretraining);
 - ``DATALOADER.SAMPLER_TRAIN``: also "IdentityBalancedSampler" (SpCL's P x K batches);
 - ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE``: also "full_model" (one global norm, Fast-MoCo);
 - ``SOLVER.WEIGHT_DECAY_NORM`` / ``WEIGHT_DECAY_BIAS`` / ``BIAS_LR_FACTOR``: also read by LARS.

@@ -1,7 +1,8 @@
-"""Box pretraining (ClassAgnosticRCNN): labels are dropped, the caller's data is kept, one class
-whatever the config says, and the export takes every class-independent part of the R-CNN."""
+"""Box pretraining (ClassAgnosticRCNN): labels are dropped, the caller's data is kept, a config with
+classes or masks is refused, and the export takes every class-independent part of the R-CNN."""
 import os
 
+import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -39,11 +40,13 @@ def test_every_box_reaches_the_heads_as_class_zero_and_the_input_is_kept(repo_ro
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_one_class_and_no_mask_head_whatever_the_config_says(repo_root):
-    model = build_model(_cfg(repo_root, "MODEL.ROI_HEADS.NUM_CLASSES", "5", "MODEL.MASK_ON", "True"))
-    assert model.roi_heads.num_classes == 1
+def test_a_config_with_classes_or_masks_is_refused_by_name(repo_root):
+    model = build_model(_cfg(repo_root))
+    assert model.roi_heads.num_classes == 1 and not model.roi_heads.mask_on
     assert model.roi_heads.box_predictor.cls_score.out_features == 2  # object + background
-    assert not model.roi_heads.mask_on
+    for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", "5"), ("MODEL.MASK_ON", "True")):
+        with pytest.raises(ValueError, match=key):
+            build_model(_cfg(repo_root, key, value))
 
 
 def test_rpn_box_head_export_fills_all_but_the_class_specific_layers(repo_root, tmp_path):
@@ -60,3 +63,12 @@ def test_rpn_box_head_export_fills_all_but_the_class_specific_layers(repo_root, 
     assert not any(k.startswith(("roi_heads.box_predictor.", "roi_heads.mask_head.")) for k in weights)
     left = {k.split(".")[1] for k in report["random_init"] if not k.endswith("num_batches_tracked")}
     assert left == {"box_predictor", "mask_head"}
+
+
+def test_rpn_box_head_export_of_a_checkpoint_without_an_rpn_is_refused(repo_root, tmp_path):
+    cfg = get_detpre_cfg(os.path.join(repo_root, "configs/demo/soco_R18_FPN_tiny.yaml"), ["MODEL.DEVICE", "cpu"])
+    path = tmp_path / "soco.pth"
+    torch.save({"model": build_model(cfg).state_dict(),
+                "detpre": {"meta_architecture": "SoCo", "config": cfg.dump()}}, path)
+    with pytest.raises(ValueError, match="no RPN"):
+        export_checked(str(path), "rpn_box_head")

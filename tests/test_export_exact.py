@@ -73,6 +73,8 @@ def test_export_computes_the_same_features(repo_root, tmp_path, method, use_targ
         ref = src.backbone.bottom_up(x)
         ref_fpn = src.backbone(x) if "fpn" in trained else None
     for detector in DETECTORS:
+        if detector == "rpn_box_head" and "rpn" not in trained:
+            continue  # refused: tests/test_agnostic.py
         weights, report, _, _ = export_checked(ckpt, detector, use_target=use_target)
         assert not report["shape_mismatch"]
         pkl = str(tmp_path / f"{method}_{detector}_{use_target}.pkl")

@@ -7,7 +7,8 @@ Export a detpre pretraining checkpoint as a detectron2 model-zoo .pkl that MODEL
 
 Only the online weights (or, with --ema, the momentum target's) that the detector takes are written:
 Mask R-CNN / Faster R-CNN: backbone + FPN + RoI box head; RetinaNet and backbone_fpn: backbone + FPN
-(backbone_fpn: for any FPN detector that keeps its own box head init); backbone: the ResNet.
+(backbone_fpn: for any FPN detector that keeps its own box head init); backbone: the ResNet;
+rpn_box_head (box pretraining, ClassAgnosticRCNN): backbone + FPN + RPN + RoI box head.
 The export is checked against the detector built from the config stored in the checkpoint
 (or from --config-file, the fine-tuning config): the report says which of its keys the export
 fills and which stay random; an export whose shapes do not fit is refused and nothing is written.
@@ -45,7 +46,7 @@ def main(argv=None):
         print(f"warning: {len(report['unused'])} exported keys are not in the detector "
               f"(e.g. {report['unused'][:3]})")
     # a part the method trains (ResNet, FPN, box head) but the export leaves partly empty
-    parts = ("backbone.bottom_up.", "backbone.fpn_", "roi_heads.box_head.")
+    parts = ("backbone.bottom_up.", "backbone.fpn_", "proposal_generator.", "roi_heads.box_head.")
     trained = [p for p in parts if any(k.startswith(p) for k in weights)]
     missing = [k for k in report["random_init"] if k.startswith(tuple(trained))]
     if missing:

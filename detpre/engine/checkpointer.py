@@ -8,6 +8,8 @@ checkpoint behind and never loads weights silently wrong.
 - ``MODEL.WEIGHTS``: a missing file or one that is not a checkpoint is a ``DetpreError`` naming
   it; a pretrained part (backbone, FPN, FPN top block, RPN, box head) that loads only in part is an
   error unless ``MODEL.WEIGHTS_STRICT`` is off (then a warning), with the coverage per part.
+  A detectron2 detector with another number of anchors per location fills only the RPN's conv,
+  so it needs ``MODEL.WEIGHTS_STRICT False`` (its objectness and delta layers then start random).
 """
 import glob
 import logging

@@ -19,7 +19,7 @@ __all__ = ["DEMO_METHODS", "DEMO_TRANSFER", "FINETUNE_CONFIG", "check_output_dat
 
 FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
 # The demo's fine-tuning budget: 160 iterations at twice the config's LR, so that 3 seeds of
-# random init and of SoCo, each evaluated on the 300 `val` images, fit 15 minutes on 2 cores
+# random init and of one pretraining, each evaluated on the 300 `val` images, fit 15 minutes on 2 cores
 # (the config's own 500 iterations take ~6 minutes a run). `make demo-long` runs 600.
 FINETUNE_OPTS = ["SOLVER.MAX_ITER", "160", "SOLVER.STEPS", "(128,)", "SOLVER.WARMUP_ITERS", "20",
                  "SOLVER.BASE_LR", "0.02"]

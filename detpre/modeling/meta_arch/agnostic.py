@@ -20,6 +20,9 @@ __all__ = ["ClassAgnosticRCNN"]
 
 @META_ARCH_REGISTRY.register()
 class ClassAgnosticRCNN(GeneralizedRCNN):
+    """GeneralizedRCNN with one class ("object") and no mask or keypoint head: the box predictor
+    and the mask head are class-specific, so they are neither trained nor exported."""
+
     @configurable
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -29,12 +32,14 @@ class ClassAgnosticRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
-        # one class, no mask head: the export keeps only class-independent parts
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
-        cfg.MODEL.MASK_ON = False
-        cfg.MODEL.KEYPOINT_ON = False
+        wrong = [f"{k} {v}" for k, v, ok in (
+            ("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, 1),
+            ("MODEL.MASK_ON", cfg.MODEL.MASK_ON, False),
+            ("MODEL.KEYPOINT_ON", cfg.MODEL.KEYPOINT_ON, False)) if v != ok]
+        if wrong:
+            raise ValueError(f"ClassAgnosticRCNN trains one class and boxes only, but the config has "
+                             f"{', '.join(wrong)}; set MODEL.ROI_HEADS.NUM_CLASSES 1, MODEL.MASK_ON False "
+                             "and MODEL.KEYPOINT_ON False")
         return super().from_config(cfg)
 
     def forward(self, batched_inputs):
