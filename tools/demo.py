@@ -13,13 +13,13 @@ import sys
 import time
 
 import detpre  # noqa: F401  (registers every component)
-from detpre.jobs.demo import DEMO_METHODS, expected_seconds, run_demo, run_smoke_extras
+from detpre.jobs.demo import DEMO_DEFAULT, DEMO_METHODS, DEMO_NOTES, expected_seconds, run_demo, run_smoke_extras
 from detpre.jobs.report import margin_sentence, plot_transfer, transfer_table
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="agnostic",
+    ap.add_argument("--methods", default=",".join(DEMO_DEFAULT),
                     help=f"comma-separated pretraining methods, from {sorted(DEMO_METHODS)}")
     ap.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (paired across inits)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each when > 1)")
@@ -48,10 +48,9 @@ def main(argv=None):
     print("\nTiny Mask R-CNN R18-FPN on detpre_demo_val, same fine-tuning budget and seeds for every init:")
     print(transfer_table(result))
     print("\n" + margin_sentence(result))
-    if "agnostic" in methods:
-        print("agnostic = box pretraining: the same R-CNN trained first on train's own boxes with labels dropped "
-              "(configs/demo/agnostic_R18_FPN_tiny.yaml). docs/transfer.md section 11 compares it with random init "
-              "given those extra iterations as ordinary fine-tuning.")
+    for m in methods:
+        if m in DEMO_NOTES:
+            print(DEMO_NOTES[m])
     print(f"\n{time.time() - t:.0f}s; results: {os.path.join(out, 'benchmark_transfer.json')}, plot: {plot}")
     return 0
 

@@ -14,8 +14,8 @@ from typing import Any, Dict, Sequence
 from .runner import run_logged, run_parallel, say, tool_command, train
 from .transfer import Method, run_transfer
 
-__all__ = ["DEMO_METHODS", "DEMO_TRANSFER", "FINETUNE_CONFIG", "check_output_data", "expected_seconds", "run_demo",
-           "run_smoke_extras"]
+__all__ = ["DEMO_DEFAULT", "DEMO_METHODS", "DEMO_NOTES", "DEMO_TRANSFER", "FINETUNE_CONFIG", "check_output_data",
+           "expected_seconds", "run_demo", "run_smoke_extras"]
 
 FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
 # The demo's fine-tuning budget: 160 iterations at twice the config's LR, so that 3 seeds of
@@ -29,6 +29,14 @@ DEMO_METHODS = {
     "fastmoco": "configs/demo/fastmoco_R18_tiny.yaml",
     "mocov3": "configs/demo/mocov3_R18_tiny.yaml",
     "agnostic": "configs/demo/agnostic_R18_FPN_tiny.yaml",
+}
+# What `make demo` runs (`make demo-soco` adds SoCo: all three from scratch take ~18 minutes)
+DEMO_DEFAULT = ("agnostic",)
+# A line printed under the table for a method whose row needs reading with it
+DEMO_NOTES = {
+    "agnostic": "agnostic = box pretraining: the same R-CNN trained first on train's own boxes with labels "
+                "dropped (configs/demo/agnostic_R18_FPN_tiny.yaml). docs/transfer.md section 11 compares it "
+                "with random init given those extra iterations as ordinary fine-tuning.",
 }
 # What each export gives the demo's Mask R-CNN (``detpre.checkpoint.DETECTOR_PREFIXES``). SoCo
 # gives its ResNet + FPN but not its 4conv1fc box head: after minutes of pretraining that head is
@@ -98,7 +106,7 @@ def check_output_data(output_dir: str, stamp: Dict[str, Any]) -> None:
                       "or pass another --output-dir")
 
 
-def run_demo(methods: Sequence[str] = ("agnostic",), seeds: Sequence[int] = (0, 1, 2),
+def run_demo(methods: Sequence[str] = DEMO_DEFAULT, seeds: Sequence[int] = (0, 1, 2),
              output_dir: str = "output/demo",
              jobs: int = 2, finetune_opts: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
     """The demo's transfer result (see ``run_transfer``); ``smoke`` shrinks every run to a few

@@ -11,7 +11,6 @@ predictor, the mask head) are the only ones the fine-tuning has to learn from sc
 Labels are dropped in ``forward``, so any registered detection data set trains it unchanged.
 """
 import torch
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
@@ -22,13 +21,6 @@ __all__ = ["ClassAgnosticRCNN"]
 class ClassAgnosticRCNN(GeneralizedRCNN):
     """GeneralizedRCNN with one class ("object") and no mask or keypoint head: the box predictor
     and the mask head are class-specific, so they are neither trained nor exported."""
-
-    @configurable
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.roi_heads.num_classes != 1:
-            raise ValueError(f"ClassAgnosticRCNN has one class; MODEL.ROI_HEADS.NUM_CLASSES is "
-                             f"{self.roi_heads.num_classes}")
 
     @classmethod
     def from_config(cls, cfg):
