@@ -19,7 +19,7 @@ from detpre.evaluation.image_bootstrap import (
     load_matches,
     resample_counts,
 )
-from detpre.jobs.stats import combined_interval, image_interval, paired_difference
+from detpre.jobs.stats import combined_interval, image_interval, image_metrics, paired_difference
 
 SIZE = 64
 
@@ -191,13 +191,16 @@ def test_transfer_interval_reads_each_runs_final_results(tmp_path):
             (run / "inference" / "val" / "coco_instances_results.json").write_text(
                 json.dumps(_dataset(s, num_images=10)[1]))
             dirs.setdefault(name, []).append(str(run))
-    r = image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json"), num_samples=50)
-    ms = [_matches(gt, _dataset(s, num_images=10)[1]) for s in (6, 7, 20, 21)]
-    want = image_bootstrap_difference(ms[:2], ms[2:], num_samples=50)
-    assert {k: r[k] for k in want} == pytest.approx(want)
-    by_hand = combined_interval(want["mean"], want["seed_std"], 2, want["image_std"])
-    assert (r["low"], r["high"]) == pytest.approx(by_hand)
-    assert r["excludes_zero"] == (r["low"] > 0 or r["high"] < 0)
+    for iou_type in ("bbox", "segm"):  # the same files give box AP and (masks in them) mask AP
+        r = image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json"), num_samples=50, iou_type=iou_type)
+        ms = [_matches(gt, _dataset(s, num_images=10)[1], iou_type) for s in (6, 7, 20, 21)]
+        want = image_bootstrap_difference(ms[:2], ms[2:], num_samples=50)
+        assert {k: r[k] for k in want} == pytest.approx(want)
+        by_hand = combined_interval(want["mean"], want["seed_std"], 2, want["image_std"])
+        assert (r["low"], r["high"]) == pytest.approx(by_hand)
+        assert r["excludes_zero"] == (r["low"] > 0 or r["high"] < 0)
+    box = image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json"), num_samples=50)
+    assert box["mean"] != pytest.approx(r["mean"])  # the masks are scored, not the boxes again
     assert image_interval(dirs["a"], [str(tmp_path / "nowhere")] * 2, "val", str(tmp_path / "gt.json")) is None
     assert image_interval(dirs["a"], dirs["b"], None, str(tmp_path / "gt.json")) is None  # no DATASETS.TEST
     cut = os.path.join(dirs["a"][0], "inference", "val", "coco_instances_results.json")
@@ -210,3 +213,12 @@ def test_transfer_interval_reads_each_runs_final_results(tmp_path):
     stale = os.path.join(dirs["b"][1], "model_final.pth")  # a checkpoint newer than its results
     os.utime(stale, (os.path.getmtime(stale) + 60,) * 2)
     assert image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json")) is None
+
+
+def test_mask_ap_gets_an_image_interval_only_from_a_detector_with_masks():
+    from detpre.config import get_detpre_cfg
+
+    cfg = get_detpre_cfg("configs/demo/mask_rcnn_R18_FPN_tiny.yaml", [])
+    assert image_metrics(cfg) == (("box AP", "bbox"), ("mask AP", "segm"))
+    cfg = get_detpre_cfg("configs/demo/mask_rcnn_R18_FPN_tiny.yaml", ["MODEL.MASK_ON", "False"])
+    assert image_metrics(cfg) == (("box AP", "bbox"),)

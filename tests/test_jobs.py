@@ -116,6 +116,19 @@ def test_table_and_margin_sentence():
     line = margin_sentence(result)
     assert "[-0.50, +4.80] counting the sampling of the 300 evaluation images too" in line
     assert "not distinguishable from random init" in line
+    # mask AP (segm/AP = AP / 2 here): its own line and its own seeds + images column
+    mask = [ln for ln in line.splitlines() if "mask AP" in ln]
+    assert len(mask) == 1 and "mask AP +1.08 over random init" in mask[0]
+    rows[1]["summary"]["mask AP"]["vs_random_images"] = {"mean": 1.08, "low": 0.2, "high": 1.9, "n": 3,
+                                                          "num_images": 300, "excludes_zero": True}
+    assert "+1.08 [+0.20, +1.90] *" in transfer_table(result)
+    assert "better than random init beyond the noise of seeds and evaluation images" in margin_sentence(result)
+    # a detector without masks (Faster R-CNN): no mask AP line
+    for r in rows:
+        for run in r["_runs"]:
+            run.pop("segm/AP")
+        r["summary"] = _summary(r["_runs"], rows[0]["_runs"])
+    assert "mask AP" not in margin_sentence(result) and "box AP" in margin_sentence(result)
 
 
 def test_every_tool_answers_help_from_outside_the_repository(tmp_path):

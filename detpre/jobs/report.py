@@ -1,6 +1,6 @@
 """Tables and plots of job results (strings and files; ``tools/`` prints them)."""
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 from tabulate import tabulate
 
@@ -27,8 +27,8 @@ def _diff(d):
 
 def transfer_table(result: Dict[str, Any]) -> str:
     """Markdown: per init, pretraining cost, probe top-1, AP mean ± std over seeds and the paired
-    difference to random init with its 95% interval over seeds, and for box AP over seeds and
-    evaluation images (``*``: the interval excludes 0)."""
+    difference to random init with its 95% interval over seeds, and for box and mask AP over seeds
+    and evaluation images (``*``: the interval excludes 0)."""
     table = []
     for r in result["rows"]:
         c, p, s = r["pretrain"], r["probe"], r["summary"]
@@ -39,9 +39,11 @@ def transfer_table(result: Dict[str, Any]) -> str:
             f"{p['knn_top1']:.1f}", f"{p.get('linear_top1', math.nan):.1f}",
             _pm(s["box AP"]), _diff(s["box AP"].get("vs_random")), _diff(s["box AP"].get("vs_random_images")),
             _pm(s["box AP50"]), _pm(s["mask AP"]), _diff(s["mask AP"].get("vs_random")),
+            _diff(s["mask AP"].get("vs_random_images")),
         ])
     headers = ["init", "pretrain", "img/s", "kNN top-1", "linear top-1", "box AP",
-               "Δ box AP [95% CI]", "Δ box AP [95% CI, seeds + images]", "box AP50", "mask AP", "Δ mask AP [95% CI]"]
+               "Δ box AP [95% CI]", "Δ box AP [95% CI, seeds + images]", "box AP50", "mask AP", "Δ mask AP [95% CI]",
+               "Δ mask AP [95% CI, seeds + images]"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -65,15 +67,19 @@ def _judged(line, d, both, baseline):
     return f"{line} -> {_verdict(d, baseline, noise)}."
 
 
-def margin_sentence(result: Dict[str, Any], metric: str = "box AP") -> str:
-    """One line per method saying what its margin over random init means (``_judged``)."""
+def margin_sentence(result: Dict[str, Any], metrics: Sequence[str] = ("box AP", "mask AP")) -> str:
+    """One line per method and metric saying what its margin over random init means (``_judged``);
+    a metric the detector does not report (mask AP of a Faster R-CNN) gets none."""
     n = len(result["seeds"])
     lines = []
     for r in result["rows"][1:]:
-        d = r["summary"][metric]["vs_random"]
-        line = (f"{r['init']}: {metric} {d['mean']:+.2f} over random init, 95% interval "
-                f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds")
-        lines.append(_judged(line, d, r["summary"][metric].get("vs_random_images"), "random init"))
+        for metric in metrics:
+            d = r["summary"][metric]["vs_random"]
+            if math.isnan(d["mean"]):
+                continue
+            line = (f"{r['init']}: {metric} {d['mean']:+.2f} over random init, 95% interval "
+                    f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds")
+            lines.append(_judged(line, d, r["summary"][metric].get("vs_random_images"), "random init"))
     return "\n".join(lines)
 
 
@@ -127,15 +133,19 @@ def self_train_rounds_table(rows) -> str:
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def self_training_margin(result: Dict[str, Any], metric: str = "box AP") -> str:
-    """One line per round saying what the student's margin over its control means."""
+def self_training_margin(result: Dict[str, Any], metrics: Sequence[str] = ("box AP", "mask AP")) -> str:
+    """One line per round and metric saying what the student's margin over its control means (none
+    for a metric the detector does not report)."""
     lines = []
     for row in result["rounds"]:
-        d = row["difference"][metric]
-        line = (f"round {row['round']}: student {metric} {d['mean']:+.2f} over the control (same start, "
-                f"iterations and augmentation, labeled images only), 95% interval [{d['low']:+.2f}, "
-                f"{d['high']:+.2f}] over {d['n']} paired seeds")
-        lines.append(_judged(line, d, (row.get("difference_images") or {}).get(metric), "the control"))
+        for metric in metrics:
+            d = row["difference"][metric]
+            if math.isnan(d["mean"]):
+                continue
+            line = (f"round {row['round']}: student {metric} {d['mean']:+.2f} over the control (same start, "
+                    f"iterations and augmentation, labeled images only), 95% interval [{d['low']:+.2f}, "
+                    f"{d['high']:+.2f}] over {d['n']} paired seeds")
+            lines.append(_judged(line, d, (row.get("difference_images") or {}).get(metric), "the control"))
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from detpre.errors import DetpreError
 from detpre.utils.io import write_json_atomic
 
 from .runner import final_evaluation, repo_path, run_graph, say, train
-from .stats import ground_truth_json, image_interval, mean_std, paired_difference
+from .stats import ground_truth_json, image_interval, image_metrics, mean_std, paired_difference
 from .transfer import METRICS
 
 __all__ = ["run_self_training_benchmark", "RESULT_FILE"]
@@ -171,7 +171,8 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
         row["difference"] = {label: paired_difference(row["student"][label]["values"], row["control"][label]["values"])
                              for label, _ in METRICS}
         runs = {kind: [os.path.join(seed_dir(r, s), kind) for s in seeds] for kind in ("student", "control")}
-        row["difference_images"] = {"box AP": image_interval(runs["student"], runs["control"], test_set, gt_json)}
+        row["difference_images"] = {label: image_interval(runs["student"], runs["control"], test_set, gt_json,
+                                                          iou_type=iou_type) for label, iou_type in image_metrics(scfg)}
         result["rounds"].append(row)
     write_json_atomic(os.path.join(output_dir, RESULT_FILE), result, indent=1)
     return result

@@ -11,7 +11,7 @@ import statistics
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 __all__ = ["mean_std", "paired_difference", "t_quantile", "ground_truth_json", "combined_interval",
-           "image_interval"]
+           "image_interval", "image_metrics"]
 
 
 def t_quantile(df: float, confidence: float = 0.95) -> float:
@@ -76,6 +76,12 @@ def combined_interval(mean: float, seed_std: float, n: int, image_std: float,
     df = (n - 1) * se2 ** 2 / seed_var ** 2 if seed_var > 0 else math.inf
     half = max(t_quantile(df, confidence) * math.sqrt(se2), t_quantile(n - 1, confidence) * math.sqrt(seed_var))
     return mean - half, mean + half
+
+
+def image_metrics(cfg) -> Tuple[Tuple[str, str], ...]:
+    """The (metric, COCO iou type) pairs whose difference gets an interval over the evaluation images
+    too: box AP, and mask AP for a detector with a mask head (its results carry the masks)."""
+    return (("box AP", "bbox"),) + ((("mask AP", "segm"),) if cfg.MODEL.MASK_ON else ())
 
 
 def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: Optional[str],

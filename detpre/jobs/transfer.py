@@ -3,7 +3,7 @@ Transfer benchmark: does a pretraining make a better detector than random init? 
 pretrained (for its config's iterations, or for an equal wall-clock budget), exported, probed
 (kNN / linear top-1 of its backbone on object crops: cheap and far less noisy than AP), and the
 fine-tuning config is trained from every init with S seeds. Rows give mean +- std of AP and the
-difference to random init paired by seed, with its 95% t-interval, and for box AP an interval that
+difference to random init paired by seed, with its 95% t-interval, and for box and mask AP an interval that
 also covers the sampling of the evaluation images (a bootstrap over them).
 """
 import math
@@ -15,7 +15,7 @@ from detpre.utils.io import write_json_atomic
 
 from .pipeline import ensure_prerequisites, export, finetune, prerequisite_opts, pretrain, probe
 from .runner import repo_path, run_graph
-from .stats import ground_truth_json, image_interval, mean_std, paired_difference
+from .stats import ground_truth_json, image_interval, image_metrics, mean_std, paired_difference
 
 __all__ = ["Method", "schedule_opts", "calibrated_iters", "run_transfer", "METRICS"]
 
@@ -77,8 +77,8 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
     """
     Run the benchmark into ``output_dir``; returns ``{"rows": [...], ...}`` (also written to
     ``output_dir/benchmark_transfer.json``). ``jobs`` runs go at once (one thread each when
-    more than one); every finished step is reused, a killed one resumes. Box AP's difference to
-    random init also gets an interval over seeds and `val` images (``image_samples`` resamples).
+    more than one); every finished step is reused, a killed one resumes. Box and mask AP's differences
+    to random init also get an interval over seeds and `val` images (``image_samples`` resamples).
     """
     threads = 1 if jobs > 1 else None
     seeds = [int(s) for s in seeds]
@@ -151,9 +151,10 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
     eval_set = ft_cfg.DATASETS.TEST[0] if ft_cfg.DATASETS.TEST else None  # what fine-tuning is scored on
     gt_json = ground_truth_json(ft_cfg, eval_set) if eval_set else None
     for r in rows[1:]:
-        r["summary"]["box AP"]["vs_random_images"] = image_interval(
-            [run_dir(r["init"], s) for s in seeds], [run_dir("random init", s) for s in seeds], eval_set, gt_json,
-            num_samples=image_samples)
+        for label, iou_type in image_metrics(ft_cfg):
+            r["summary"][label]["vs_random_images"] = image_interval(
+                [run_dir(r["init"], s) for s in seeds], [run_dir("random init", s) for s in seeds], eval_set,
+                gt_json, num_samples=image_samples, iou_type=iou_type)
     result = {"finetune_config": finetune_config, "finetune_opts": list(finetune_opts), "seeds": seeds,
               "budget_s": budget_s, "probe_datasets": [train_set, test_set], "rows": rows}
     write_json_atomic(os.path.join(output_dir, "benchmark_transfer.json"), result, indent=1)
