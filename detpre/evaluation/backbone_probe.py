@@ -19,6 +19,8 @@ from detectron2.structures import BoxMode
 
 from detpre.checkpoint import export_weights, load_detpre_checkpoint
 
+from .feature_dimension import feature_dimension
+
 __all__ = [
     "extract_crops", "read_backbone_weights", "build_probe_backbone", "extract_features",
     "knn_predict", "linear_probe", "evaluate_backbone",
@@ -156,6 +158,7 @@ def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=20,
     and ``test_dicts``' crops as queries. Returns a dict of metrics (accuracies in %).
     ``k`` is capped at a tenth of the memory: InstDisc's 200 neighbours are for 1.28M images; on
     a few hundred crops they are nearly the whole memory and kNN only predicts the class prior.
+    ``feature_dim``: each ResNet stage's participation ratio on the query crops (``feature_dimension``).
     """
     fmt = cfg.INPUT.FORMAT
     tr_x, tr_y = extract_crops(train_dicts, crop_size, image_format=fmt, dataset_name="train set")
@@ -168,9 +171,13 @@ def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=20,
     try:
         f_tr = extract_features(backbone, tr_x, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, in_feature)
         f_te = extract_features(backbone, te_x, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, in_feature)
+        # what fine-tuning starts from: the effective dimension of every stage (a collapse, which
+        # pooled-feature probes barely show), on the query crops
+        dims = feature_dimension(backbone, te_x, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD,
+                                 list(backbone.output_shape()))
     finally:
         backbone.train(was_training)
-    res = {"num_train": len(tr_y), "num_test": len(te_y), "num_classes": num_classes}
+    res = {"num_train": len(tr_y), "num_test": len(te_y), "num_classes": num_classes, "feature_dim": dims}
     k = max(1, min(k, len(tr_y) // 10))
     res["knn_k"] = k
     pred = knn_predict(f_tr, tr_y, f_te, num_classes, k, temperature)

@@ -26,7 +26,8 @@ def _diff(d):
 
 
 def transfer_table(result: Dict[str, Any]) -> str:
-    """Markdown: per init, pretraining cost, probe top-1, AP mean ± std over seeds and the paired
+    """Markdown: per init, pretraining cost, probe top-1, res4's effective dimension (a collapse
+    shows there: ``detpre.evaluation.feature_dimension``), AP mean ± std over seeds and the paired
     difference to random init with its 95% interval over seeds, and for box and mask AP over seeds
     and evaluation images (``*``: the interval excludes 0)."""
     table = []
@@ -37,11 +38,12 @@ def transfer_table(result: Dict[str, Any]) -> str:
             "-" if c is None else f"{c['train_s']:.0f}s / {c['iters']} it",
             "-" if c is None else f"{c['images_per_s']:.1f}",
             f"{p['knn_top1']:.1f}", f"{p.get('linear_top1', math.nan):.1f}",
+            "-" if p.get("feature_dim", {}).get("res4") is None else f"{p['feature_dim']['res4']:.1f}",
             _pm(s["box AP"]), _diff(s["box AP"].get("vs_random")), _diff(s["box AP"].get("vs_random_images")),
             _pm(s["box AP50"]), _pm(s["mask AP"]), _diff(s["mask AP"].get("vs_random")),
             _diff(s["mask AP"].get("vs_random_images")),
         ])
-    headers = ["init", "pretrain", "img/s", "kNN top-1", "linear top-1", "box AP",
+    headers = ["init", "pretrain", "img/s", "kNN top-1", "linear top-1", "res4 dim", "box AP",
                "Δ box AP [95% CI]", "Δ box AP [95% CI, seeds + images]", "box AP50", "mask AP", "Δ mask AP [95% CI]",
                "Δ mask AP [95% CI, seeds + images]"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
