@@ -25,6 +25,20 @@ def _diff(d):
     return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" + (" *" if d["excludes_zero"] else "")
 
 
+def _dim(probe, stage):
+    """A stage's effective dimension from a probe's ``feature_dim`` ("-" for a stage it has not)."""
+    v = probe.get("feature_dim", {}).get(stage)
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _margin_lines(diffs, both, metrics, text, baseline):
+    """``_judged`` lines for each of ``metrics`` whose paired difference in ``diffs`` is known
+    (none for a metric the detector does not report: mask AP of a Faster R-CNN); ``both``: the
+    intervals over seeds and images, ``text(metric, d)``: the line before its verdict."""
+    return [_judged(text(m, diffs[m]), diffs[m], both.get(m), baseline)
+            for m in metrics if not math.isnan(diffs[m]["mean"])]
+
+
 def transfer_table(result: Dict[str, Any]) -> str:
     """Markdown: per init, pretraining cost, probe top-1, res4's effective dimension (a collapse
     shows there: ``detpre.evaluation.feature_dimension``), AP mean ± std over seeds and the paired
@@ -38,7 +52,7 @@ def transfer_table(result: Dict[str, Any]) -> str:
             "-" if c is None else f"{c['train_s']:.0f}s / {c['iters']} it",
             "-" if c is None else f"{c['images_per_s']:.1f}",
             f"{p['knn_top1']:.1f}", f"{p.get('linear_top1', math.nan):.1f}",
-            "-" if p.get("feature_dim", {}).get("res4") is None else f"{p['feature_dim']['res4']:.1f}",
+            _dim(p, "res4"),
             _pm(s["box AP"]), _diff(s["box AP"].get("vs_random")), _diff(s["box AP"].get("vs_random_images")),
             _pm(s["box AP50"]), _pm(s["mask AP"]), _diff(s["mask AP"].get("vs_random")),
             _diff(s["mask AP"].get("vs_random_images")),
@@ -75,13 +89,11 @@ def margin_sentence(result: Dict[str, Any], metrics: Sequence[str] = ("box AP", 
     n = len(result["seeds"])
     lines = []
     for r in result["rows"][1:]:
-        for metric in metrics:
-            d = r["summary"][metric]["vs_random"]
-            if math.isnan(d["mean"]):
-                continue
-            line = (f"{r['init']}: {metric} {d['mean']:+.2f} over random init, 95% interval "
-                    f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds")
-            lines.append(_judged(line, d, r["summary"][metric].get("vs_random_images"), "random init"))
+        s = r["summary"]
+        lines += _margin_lines(
+            {m: s[m]["vs_random"] for m in metrics}, {m: s[m].get("vs_random_images") for m in metrics}, metrics,
+            lambda m, d, r=r: (f"{r['init']}: {m} {d['mean']:+.2f} over random init, 95% interval "
+                               f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds"), "random init")
     return "\n".join(lines)
 
 
@@ -140,14 +152,12 @@ def self_training_margin(result: Dict[str, Any], metrics: Sequence[str] = ("box 
     for a metric the detector does not report)."""
     lines = []
     for row in result["rounds"]:
-        for metric in metrics:
-            d = row["difference"][metric]
-            if math.isnan(d["mean"]):
-                continue
-            line = (f"round {row['round']}: student {metric} {d['mean']:+.2f} over the control (same start, "
-                    f"iterations and augmentation, labeled images only), 95% interval [{d['low']:+.2f}, "
-                    f"{d['high']:+.2f}] over {d['n']} paired seeds")
-            lines.append(_judged(line, d, (row.get("difference_images") or {}).get(metric), "the control"))
+        lines += _margin_lines(
+            row["difference"], row.get("difference_images") or {}, metrics,
+            lambda m, d, row=row: (f"round {row['round']}: student {m} {d['mean']:+.2f} over the control (same "
+                                   f"start, iterations and augmentation, labeled images only), 95% interval "
+                                   f"[{d['low']:+.2f}, {d['high']:+.2f}] over {d['n']} paired seeds"),
+            "the control")
     return "\n".join(lines)
 
 
