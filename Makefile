@@ -21,7 +21,8 @@ demo-soco: $(STAMP)
 	$(PY) tools/demo.py --methods soco,agnostic
 
 # SoCo and Jigsaw vs random init, at 600 fine-tuning iterations (the demo runs 160), where
-# SoCo's ResNet + FPN init is ahead of random init (docs/transfer.md); ~50 min on 2 cores
+# SoCo's ResNet + FPN and Jigsaw's ResNet inits are ahead of random init (docs/transfer.md
+# sections 6 and 13, over 7-9 seeds; 3 seeds are too few to show it); ~40 min on 2 cores
 demo-long: $(STAMP)
 	$(PY) tools/demo.py --methods soco,jigsaw --output-dir output/demo_long SOLVER.MAX_ITER 600 SOLVER.STEPS "(480,)"
 

@@ -328,3 +328,22 @@ def test_demo_output_is_tied_to_the_data_and_budget_it_was_made_with(tmp_path):
     other = tmp_path / "other"  # e.g. the self-training benchmark's outputs only: not the demo's
     (other / "benchmark_self_training").mkdir(parents=True)
     check_output_data(str(other), stamp)
+
+
+def test_demo_estimate_scales_with_the_machines_speed():
+    from detpre.jobs.demo import expected_seconds
+
+    base = expected_seconds(["agnostic"], [0, 1, 2])
+    assert base > 0
+    assert math.isclose(expected_seconds(["agnostic"], [0, 1, 2], speed=2.6), 2.6 * base)
+    # one more method costs its pretraining and 3 more fine-tuning runs
+    assert expected_seconds(["agnostic", "soco"], [0, 1, 2]) > base
+
+
+def test_cpu_speed_step_is_timed_in_one_thread_and_restores_the_thread_count():
+    from detpre.jobs.cpu_speed import step_seconds
+
+    before = torch.get_num_threads()
+    s = step_seconds("configs/demo/mask_rcnn_R18_FPN_tiny.yaml", reps=1, batch=(1, 3, 64, 64))
+    assert 0 < s < 60 and math.isfinite(s)
+    assert torch.get_num_threads() == before

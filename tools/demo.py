@@ -13,7 +13,15 @@ import sys
 import time
 
 import detpre  # noqa: F401  (registers every component)
-from detpre.jobs.demo import DEMO_DEFAULT, DEMO_METHODS, DEMO_NOTES, expected_seconds, run_demo, run_smoke_extras
+from detpre.jobs.demo import (
+    DEMO_DEFAULT,
+    DEMO_METHODS,
+    DEMO_NOTES,
+    cpu_speed_factor,
+    expected_seconds,
+    run_demo,
+    run_smoke_extras,
+)
 from detpre.jobs.report import margin_sentence, plot_transfer, transfer_table
 
 
@@ -34,9 +42,11 @@ def main(argv=None):
     if args.smoke:
         methods, seeds = sorted(DEMO_METHODS), seeds[:1]
     else:
+        speed = cpu_speed_factor()
         print(f"[demo] {', '.join(methods)} vs random init, {len(seeds)} seeds, {args.jobs} runs at once: "
-              f"expect about {expected_seconds(methods, seeds, args.jobs, args.opts) / 60:.0f} minutes on 2 CPU cores "
-              "(finished steps are skipped; a killed demo resumes)", flush=True)
+              f"expect about {expected_seconds(methods, seeds, args.jobs, args.opts, speed) / 60:.0f} minutes on "
+              f"this machine's 2 cores ({speed:.1f}x the reference CPU's time; finished steps are skipped, "
+              "a killed demo resumes)", flush=True)
     t = time.time()
     try:
         result = run_demo(methods, seeds, out, args.jobs, args.opts, smoke=args.smoke)

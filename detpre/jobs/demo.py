@@ -15,7 +15,7 @@ from .runner import run_logged, run_parallel, say, tool_command, train
 from .transfer import Method, run_transfer
 
 __all__ = ["DEMO_DEFAULT", "DEMO_METHODS", "DEMO_NOTES", "DEMO_TRANSFER", "FINETUNE_CONFIG", "check_output_data",
-           "expected_seconds", "run_demo", "run_smoke_extras"]
+           "cpu_speed_factor", "expected_seconds", "run_demo", "run_smoke_extras"]
 
 FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
 # The demo's fine-tuning budget: 160 iterations at twice the config's LR, so that 3 seeds of
@@ -45,23 +45,31 @@ DEMO_NOTES = {
 # class-specific layers: with its RPN it is +3.75 box AP, without it +2.37 (docs/transfer.md
 # section 11). The other methods train only the ResNet.
 DEMO_TRANSFER = {"soco": "backbone_fpn", "agnostic": "rpn_box_head"}
-# Seconds per iteration measured on a 2-core machine, one thread per run, two runs at once:
-# only for the time estimate printed before the demo starts. Fine-tuning gets dearer as it
-# learns (more foreground RoIs reach the mask head): 0.8 s over the first 200 iterations,
-# 1.0 s after (a 600-iteration run takes ~10 minutes).
-_S_PER_ITER = {"soco": 2.1, "agnostic": 0.7, "jigsaw": 0.5,
-               "fastmoco": 1.8, "mocov3": 1.6, "finetune": 0.8, "finetune_late": 1.0}
-_FINETUNE_EARLY_ITERS = 200
-_S_PER_RUN = 55  # process start and data set loading; for fine-tuning, the evaluation on the 300 `val` images
+# Seconds per iteration measured on a 2-core machine (AVX-512, 2026-12-02), one thread per run,
+# two runs at once: only for the time estimate printed before the demo starts, scaled to this
+# machine by ``cpu_speed_factor`` (an AVX2-only CPU trains 2.6x slower). _REFERENCE_STEP_S is
+# that machine's ``cpu_speed.step_seconds``. A 600-iteration fine-tuning run takes ~7.5 minutes.
+_S_PER_ITER = {"soco": 1.2, "agnostic": 0.55, "jigsaw": 0.3, "fastmoco": 1.7, "mocov3": 1.5, "finetune": 0.7}
+_REFERENCE_STEP_S = 0.16
+_S_PER_RUN = 25  # process start and data set loading; for fine-tuning, the evaluation on the 300 `val` images
 _DATA_STAMP = "demo_data.json"  # in the output dir: the data and fine-tuning options of its results
 _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
                 "SOLVER.CHECKPOINT_PERIOD", "3"]
 
 
+def cpu_speed_factor() -> float:
+    """This machine's time for ``cpu_speed.step_seconds`` over the time of the machine that
+    measured ``_S_PER_ITER`` (2 or more: a slower CPU)."""
+    from .cpu_speed import step_seconds
+
+    return step_seconds(FINETUNE_CONFIG) / _REFERENCE_STEP_S
+
+
 def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2,
-                     finetune_opts: Sequence[str] = ()) -> float:
+                     finetune_opts: Sequence[str] = (), speed: float = 1.0) -> float:
     """A rough total for the demo on 2 cores (printed up front): the work of every run, shared
-    by ``jobs`` cores, plus data, proposals, exports, probes and the `val` images' bootstrap."""
+    by ``jobs`` cores, plus data, proposals, exports, probes and the `val` images' bootstrap, on a
+    machine ``speed`` times slower than the one that measured it (``cpu_speed_factor``)."""
     from detpre.config import get_detpre_cfg
 
     from .runner import repo_path
@@ -71,11 +79,10 @@ def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2
 
     pre = sum(it(DEMO_METHODS[m]) * _S_PER_ITER[m] + _S_PER_RUN for m in methods)
     ft_iters = it(FINETUNE_CONFIG, [*FINETUNE_OPTS, *finetune_opts])
-    early = min(ft_iters, _FINETUNE_EARLY_ITERS)
-    per_run = early * _S_PER_ITER["finetune"] + (ft_iters - early) * _S_PER_ITER["finetune_late"] + _S_PER_RUN
+    per_run = ft_iters * _S_PER_ITER["finetune"] + _S_PER_RUN
     ft = per_run * (len(methods) + 1) * len(seeds)
     # + per method, its `val` images' bootstrap: ~1 s to match each of 2 x seeds runs, ~400 resamples
-    return 60 + 20 * (len(methods) + 1) + 4 * len(seeds) * len(methods) + (pre + ft) / max(1, jobs)
+    return speed * (60 + 20 * (len(methods) + 1) + 4 * len(seeds) * len(methods) + (pre + ft) / max(1, jobs))
 
 
 def check_output_data(output_dir: str, stamp: Dict[str, Any]) -> None:
