@@ -21,8 +21,6 @@ def step_seconds(config: str, reps: int = 3, batch=(2, 3, 128, 192)) -> float:
     from .runner import repo_path
 
     cfg = get_detpre_cfg(repo_path(config))
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -59,7 +59,7 @@ _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEP
 
 def cpu_speed_factor() -> float:
     """This machine's time for ``cpu_speed.step_seconds`` over the time of the machine that
-    measured ``_S_PER_ITER`` (2 or more: a slower CPU)."""
+    measured ``_S_PER_ITER`` (above 1: a slower CPU)."""
     from .cpu_speed import step_seconds
 
     return step_seconds(FINETUNE_CONFIG) / _REFERENCE_STEP_S
