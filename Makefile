@@ -47,7 +47,14 @@ lint: $(STAMP)
 clean-demo:
 	rm -rf output/demo output/demo_smoke
 
-# wheels for scripts/gpu_check.sh on a GPU machine without network (Python 3.12; no torch)
-.PHONY: wheelhouse
+# wheels for scripts/gpu_check.sh on the GPU machine (Python 3.12, no network): only what it lacks
+# (scripts/gpu_machine_packages.txt): detectron2 + scripts/requirements-gpu.txt; <= 40 MiB
+.PHONY: wheelhouse gpu-check-dry
 wheelhouse: $(STAMP)
 	bash scripts/build_wheelhouse.sh
+
+# the GPU check's every section, tiny, on CPU, installing from build/wheelhouse into a venv over a
+# stand-in of the GPU machine's packages (output/gpu_check_dry/; what CI runs after the demo smoke)
+gpu-check-dry: $(STAMP)
+	@test -f build/wheelhouse/detectron2-0.6-py3-none-any.whl || { echo "run make wheelhouse first"; exit 1; }
+	OUT=$(CURDIR)/output/gpu_check_dry GPU_CHECK_DEVICE=cpu OMP_NUM_THREADS=1 bash scripts/gpu_check.sh

@@ -1,16 +1,20 @@
 """
 The one place where detpre adapts to the installed detectron2.
 
-detpre runs on detectron2 v0.6 either as a full build or as the patched pure-Python wheel that
-``scripts/build_detectron2_wheel.py`` makes (no compiled ops: its ``detectron2/_C.py`` is
-detpre's placeholder). That wheel fixes v0.6's uses of APIs that numpy 2, Pillow >= 10 and
-setuptools >= 81 removed in its sources, so nothing is patched at import time; this module only
-reads which build is installed.
+detpre runs on two detectron2s: v0.6 (its last release, 2021), as the patched pure-Python wheel
+that ``scripts/build_detectron2_wheel.py`` makes or as a full build, and a build of detectron2's
+git main, which is what detectron2's install page now asks for. Where their APIs differ, detpre
+calls the function here, which takes either shape. Two functions of detectron2 are wrapped at
+import, here only: ``create_ddp_model`` (CPU and Slurm device ids) and ``read_image`` (16-bit
+images). docs/DESIGN.md lists what detpre needs of a detectron2.
 """
 import importlib
+import importlib.util
+import inspect
+import os
 
-__all__ = ["HAS_COMPILED_OPS", "coco_evaluator_kwargs", "set_local_process_group",
-           "reset_local_process_group"]
+__all__ = ["HAS_COMPILED_OPS", "DETPRE_BUILD", "coco_evaluator_kwargs", "write_metrics",
+           "replace_data_loader_iter", "model_zoo_config_file", "set_local_process_group", "reset_local_process_group"]
 
 
 def _load_c():
@@ -23,9 +27,56 @@ def _load_c():
 HAS_COMPILED_OPS = _load_c() is not None and not getattr(_load_c(), "DETPRE_PLACEHOLDER", False)
 
 
+# detpre's wheel carries ``detectron2/_detpre_build.py`` (its patch list); any other detectron2
+# (an official v0.6 build, a build of main) does not.
+DETPRE_BUILD = importlib.util.find_spec("detectron2._detpre_build") is not None
+
+
 def coco_evaluator_kwargs():
     """``COCOEvaluator`` needs ``use_fast_impl=False`` without the compiled fast COCOeval."""
     return {} if HAS_COMPILED_OPS else {"use_fast_impl": False}
+
+
+def write_metrics(loss_dict, data_time, iteration, prefix=""):
+    """detectron2's ``SimpleTrainer.write_metrics`` (losses, data time -> the event storage).
+    v0.6: ``(loss_dict, data_time, prefix="")``; main (2023-): ``(loss_dict, data_time,
+    cur_iter, prefix="")``, which also records each rank's ``rank_data_time``."""
+    from detectron2.engine import SimpleTrainer
+
+    if "cur_iter" in inspect.signature(SimpleTrainer.write_metrics).parameters:
+        SimpleTrainer.write_metrics(loss_dict, data_time, iteration, prefix)
+    else:
+        SimpleTrainer.write_metrics(loss_dict, data_time, prefix)
+
+
+def replace_data_loader_iter(step, new_iter):
+    """Make a ``SimpleTrainer`` draw its next batches from ``new_iter``; returns the iterator it
+    drew from (None if it had none yet). v0.6 keeps the iterator in the attribute
+    ``_data_loader_iter`` (made in ``__init__``); main makes it lazily behind a read-only property
+    of that name, over ``_data_loader_iter_obj``."""
+    if isinstance(getattr(type(step), "_data_loader_iter", None), property):
+        old, step._data_loader_iter_obj = getattr(step, "_data_loader_iter_obj", None), new_iter
+    else:
+        old, step._data_loader_iter = getattr(step, "_data_loader_iter", None), new_iter
+    return old
+
+
+def model_zoo_config_file(config_path):
+    """The path of a config shipped in ``detectron2.model_zoo`` (``model_zoo.get_config_file``).
+    detectron2 main still resolves it with ``pkg_resources``, which setuptools 81 removed, so
+    importing ``detectron2.model_zoo`` fails there; the file is then found beside the package
+    (where main's setup.py and detpre's wheel both put ``configs/``), without importing it."""
+    try:
+        from detectron2.model_zoo import get_config_file
+    except ImportError as e:
+        if "pkg_resources" not in str(e):
+            raise
+        spec = importlib.util.find_spec("detectron2.model_zoo")
+        path = os.path.join(list(spec.submodule_search_locations)[0], "configs", config_path)
+        if not os.path.isfile(path):
+            raise RuntimeError(f"{config_path} not available in detectron2's model zoo ({path})")
+        return path
+    return get_config_file(config_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,4 +142,25 @@ def reset_local_process_group():
     comm._get_global_gloo_group.cache_clear()
 
 
+def _install_wide_image_reader():
+    """detectron2's ``read_image`` clips 16-bit grayscale images at 255 (they read near-white):
+    its own mappers (``DatasetMapper``, used to fine-tune and evaluate) get detpre's reader,
+    which scales them to 8 bits (``detpre.data.image_io``) and calls detectron2's for the rest."""
+    from detectron2.data import detection_utils
+
+    original = detection_utils.read_image
+    if getattr(original, "detpre_wide_images", False):
+        return
+
+    def read_image(file_name, format=None):
+        from detpre.data.image_io import read_image as read_any_depth
+
+        return read_any_depth(file_name, format, d2_read_image=original)
+
+    read_image.detpre_wide_images = True
+    read_image.__doc__ = original.__doc__
+    detection_utils.read_image = read_image
+
+
 _install_ddp_device_ids()
+_install_wide_image_reader()

@@ -17,6 +17,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from detpre.utils.checkpoint_io import is_finished  # "finished" = a loadable model_final.pth
 from detpre.utils.io import atomic_open
+from detpre.utils.safe_load import UntrustedFileError, load_torch
 
 __all__ = [
     "DETECTOR_PREFIXES", "load_detpre_checkpoint", "export_weights", "save_model_zoo_file",
@@ -46,7 +47,9 @@ def _read_checkpoint(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_torch(path, kind="checkpoint")  # --input may be any file: never run code from it
+    except UntrustedFileError:
+        raise
     except Exception as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
     info = ckpt.get("detpre") if isinstance(ckpt, dict) else None

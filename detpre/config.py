@@ -11,11 +11,15 @@ the detpre key it goes with):
   their train mapper and hooks (``detpre.method``), and "ClassAgnosticRCNN" (box pretraining);
 - ``DATALOADER.SAMPLER_TRAIN``: also "IdentityBalancedSampler" (SpCL's P x K batches);
 - ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE``: also "full_model" (one global norm, Fast-MoCo);
+- ``SOLVER.LR_SCHEDULER_NAME``: also "WarmupThenCosineLR" (the cosine after the warm-up, SoCo /
+  Fast-MoCo / MoCo v3);
 - ``SOLVER.WEIGHT_DECAY_NORM`` / ``WEIGHT_DECAY_BIAS`` / ``BIAS_LR_FACTOR``: also read by LARS.
 
 Renamed keys keep their old names for one release (``RENAMED_KEYS``, with a warning).
 """
 import logging
+import os
+import re
 from typing import Any, Optional, Sequence
 
 from detectron2.config import CfgNode as CN
@@ -32,6 +36,10 @@ def add_dataset_config(cfg):
     _C.DATASETS.VOC = []
     # [[name, image_dir], ...]: a folder of unlabeled images (searched recursively).
     _C.DATASETS.FOLDER = []
+    # False: a DATASETS.COCO json's image file_names must stay inside its image_root (no absolute
+    # paths, no "..", no symlinks leading out); True allows them, for a json trusted to name
+    # files anywhere.
+    _C.DATASETS.ALLOW_OUTSIDE_ROOT = False
     # Where the built-in demo data set is generated on first use; "" means
     # $DETECTRON2_DATASETS/detpre_demo (DETECTRON2_DATASETS defaults to ./datasets).
     _C.DATASETS.DEMO_ROOT = ""
@@ -50,6 +58,10 @@ def add_trainer_config(cfg):
     # "SGD" (detectron2's), "LARS" (self-supervised recipes), "AdamW" or "Adam" (coupled L2, SpCL).
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one global norm (Fast-MoCo).
     _C.SOLVER.OPTIMIZER = "SGD"
+    # SOLVER.LR_SCHEDULER_NAME also takes "WarmupThenCosineLR" (detpre.solver.lr_scheduler): the
+    # warm-up from WARMUP_FACTOR x BASE_LR, then a half cosine to 0 over the iterations after it,
+    # as the official SoCo, Fast-MoCo and MoCo v3 codes; detectron2's "WarmupCosineLR" runs its
+    # cosine over all of MAX_ITER (15% lower at mid-run with 10 of 100 epochs of warm-up).
     _C.SOLVER.LARS = CN()
     # LARS trust coefficient.
     _C.SOLVER.LARS.ETA = 0.001
@@ -113,11 +125,17 @@ def add_soco_config(cfg):
     # image's K proposals, mean over images (the paper's formula; K times the gradient).
     _C.MODEL.SOCO.LOSS_REDUCTION = "mean"
     # Views ("SoCoMapper"): V1 = whole image at VIEW_SIZE, V2 = a random crop at VIEW_SIZE,
-    # V3 = V2 at SMALL_VIEW_SIZE, SoCo*'s V4 = another crop at EXTRA_VIEW_SIZE (0 = no V4).
+    # V3 at SMALL_VIEW_SIZE, SoCo*'s V4 at EXTRA_VIEW_SIZE (0 = no V4); which crop V3 and V4
+    # are: VIEWS.
     _C.INPUT.SOCO = CN()
     _C.INPUT.SOCO.VIEW_SIZE = 224
     _C.INPUT.SOCO.SMALL_VIEW_SIZE = 112
     _C.INPUT.SOCO.EXTRA_VIEW_SIZE = 0
+    # "official" (SoCo's code, contrast/data/dataset.py): the last view (V3; SoCo*'s V4) is a
+    # random crop of its own with K proposals of its own, paired with V1 boxes of their own; the
+    # other views show V2's K proposals (SoCo*'s V3 = V2 resized). "paper" (its text): V3 = V2
+    # resized, V4 another crop, and every view shows the same K proposals.
+    _C.INPUT.SOCO.VIEWS = "official"
     # Area fraction (of the image) and aspect-ratio ranges of the V2 / V4 crops (SoCo: 0.5-1).
     _C.INPUT.SOCO.CROP_SCALE = (0.5, 1.0)
     _C.INPUT.SOCO.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -180,6 +198,16 @@ def add_fastmoco_config(cfg):
     # (0 = HIDDEN_DIM, MoCo v3's; Fast-MoCo's bottleneck: 512).
     _C.MODEL.FASTMOCO.PRED_LAYERS = 2
     _C.MODEL.FASTMOCO.PRED_HIDDEN_DIM = 0
+    # A bias in the predictor's last Linear: False as MoCo v3 (moco/builder.py _build_mlp: every
+    # Linear bias-free), True as Fast-MoCo (fastmoco_builder.py prediction_MLP.layer2).
+    _C.MODEL.FASTMOCO.PRED_LAST_BIAS = False
+    # True: the predictor's parameters keep their initial LR (SOLVER.BASE_LR) all run, no
+    # warm-up or decay (Fast-MoCo's WCosConLR); False: they follow the schedule (MoCo v3).
+    _C.MODEL.FASTMOCO.PRED_CONSTANT_LR = False
+    # The momentum target at iteration 0: "copy" of the online backbone + projector (MoCo v3) or
+    # "random", a network initialized on its own (Fast-MoCo's code builds it separately and never
+    # copies; its EMA then pulls it towards the online one).
+    _C.MODEL.FASTMOCO.TARGET_INIT = "copy"
     # Normalization in the MLP heads: "BN", "SyncBN" (multi-GPU) or "".
     _C.MODEL.FASTMOCO.HEAD_NORM = "BN"
     # Take negatives (keys) from every process, as MoCo v3.
@@ -268,8 +296,9 @@ def add_spcl_config(cfg):
     _C.MODEL.SPCL.LOSS_PER_DOMAIN = True
     # Stride of res5: 1 as SpCL's ResNet-50 (its layer4 unstrided), 2 = detectron2's.
     _C.MODEL.SPCL.LAST_STRIDE = 1
-    # K images per source identity in DATALOADER.SAMPLER_TRAIN "IdentityBalancedSampler" (half
-    # of each batch P x K source images, half random target images, SpCL's 64 + 64).
+    # K images per identity in DATALOADER.SAMPLER_TRAIN "IdentityBalancedSampler": half of each
+    # batch P x K source images by identity, half P x K target images by the current pseudo-label
+    # (SpCL's 64 + 64; unsupervised: all P x K target), other cameras first.
     _C.MODEL.SPCL.NUM_INSTANCES = 4
     # Temperature of the unified contrastive loss (the paper: 0.05).
     _C.MODEL.SPCL.TEMPERATURE = 0.05
@@ -427,11 +456,35 @@ def translate_renamed(tree, where="config"):
 
 
 class DetpreCfgNode(CN):
-    """detectron2's ``CfgNode`` that also reads the renamed keys' old names (``RENAMED_KEYS``)."""
+    """detectron2's ``CfgNode`` that also reads the renamed keys' old names (``RENAMED_KEYS``), and
+    reads every file (``_BASE_`` ones included) with ``yaml.safe_load``: detectron2's
+    ``merge_from_file`` falls back to ``yaml.unsafe_load``, which runs a ``!!python/...`` tag's code.
+    Only a file listed in ``DETPRE_TRUSTED_FILES`` (``detpre.utils.safe_load``), or one that ships with
+    detpre or detectron2, gets that fallback."""
 
     @classmethod
     def load_yaml_with_base(cls, filename, allow_unsafe=False):
-        return translate_renamed(super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe), filename)
+        import yaml
+
+        from detpre.errors import DetpreFileNotFoundError
+        from detpre.utils.safe_load import is_trusted_config, refusal
+
+        if not os.path.isfile(filename):
+            raise DetpreFileNotFoundError(f"config {filename} does not exist")
+        try:
+            loaded = super().load_yaml_with_base(filename, allow_unsafe=is_trusted_config(filename))
+        except DetpreFileNotFoundError as e:  # raised by the call for a _BASE_ (a recursion)
+            if f"config {filename} " in str(e) or "_BASE_" in str(e):
+                raise
+            raise DetpreFileNotFoundError(f"config {filename}: its _BASE_ {str(e)[len('config '):]}; "
+                                          "fix the _BASE_ line (a path relative to this file)") from None
+        except yaml.constructor.ConstructorError as e:  # a tag safe_load does not build
+            tag = re.search(r"tag '([^']+)'", str(e.problem))
+            what = f"it has the YAML tag {tag.group(1)}" if tag else str(e.problem)
+            line = f" (line {e.problem_mark.line + 1})" if e.problem_mark else ""
+            raise refusal(filename, what + line, "config", verb="load",
+                          holds="numbers, strings, lists, mappings") from None
+        return translate_renamed(loaded, filename)
 
     def merge_from_list(self, cfg_list):
         cfg_list = list(cfg_list)
@@ -449,7 +502,11 @@ def get_detpre_cfg(config_file: Optional[str] = None, opts: Sequence[Any] = ()) 
     warning (``RENAMED_KEYS``)."""
     from detectron2.config import get_cfg
 
+    from detpre.errors import DetpreFileNotFoundError
+
     cfg = DetpreCfgNode(add_detpre_config(get_cfg()))
+    if config_file and not os.path.isfile(config_file):
+        raise DetpreFileNotFoundError(f"--config-file {config_file} does not exist")
     try:
         if config_file:
             cfg.merge_from_file(config_file)

@@ -51,8 +51,8 @@ if ! have "import yacs, fvcore, pycocotools, skimage, cv2, selectivesearch, pyte
   touch "$VENV/.requirements-done"
 fi
 
-# the patched wheel: no pkg_resources, no NumPy aliases (an unpatched v0.6 fails these checks)
-if ! have "import detectron2, detectron2.model_zoo as mz, inspect, detectron2.data.transforms.transform as t; assert detectron2.__version__ == '0.6'; mz.get_config_file('COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml'); assert 'pkg_resources' not in inspect.getsource(mz.model_zoo); t.ExtentTransform((0, 0, 1, 1), (1, 1))"; then
+# the patched wheel, built with this checkout's patch list (an unpatched or older build fails)
+if ! (cd / && "$PY" "$ROOT/scripts/build_detectron2_wheel.py" --check-installed) >/dev/null 2>&1; then
   step "building a patched pure-Python detectron2 0.6 wheel from the pb1-detectron2 sdist"
   $PY scripts/build_detectron2_wheel.py --out build/wheels
   $PIP install --no-deps --force-reinstall build/wheels/detectron2-0.6-py3-none-any.whl

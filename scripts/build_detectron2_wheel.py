@@ -68,11 +68,14 @@ PATCHES = [
      "setuptools >= 81 removed pkg_resources: importlib.resources"),
     ("model_zoo/model_zoo.py", _MODEL_ZOO_OLD, _MODEL_ZOO_NEW, 1,
      "setuptools >= 81 removed pkg_resources: importlib.resources"),
+    # upstream 70f45430 (2024): NumPy 2 raises on a copy=False it cannot honour
+    ("layers/mask_ops.py", "mask = np.array(mask, copy=False)", "mask = np.asarray(mask)", 1,
+     "NumPy 2: np.array(..., copy=False) -> np.asarray (upstream 70f45430)"),
 ]
 
 # what must not be left anywhere in the patched tree
 _REMOVED_APIS = [_NUMPY_ALIAS, re.compile(r"\bImage\.(LINEAR|ANTIALIAS|CUBIC)\b"),
-                 re.compile(r"\bpkg_resources\b")]
+                 re.compile(r"\bpkg_resources\b"), re.compile(r"\bnp\.array\(.*copy=False")]
 
 
 def apply_patches(tree):
@@ -109,6 +112,29 @@ def check_patched(tree):
         raise SystemExit("removed APIs left after patching:\n" + "\n".join(left))
 
 
+def patch_list():
+    return sorted({f"detectron2/{rel}: {why}" for rel, _, _, _, why in PATCHES})
+
+
+def write_build_marker(tree):
+    """``detectron2/_detpre_build.py``: how detpre tells its own build (``detpre._compat.DETPRE_BUILD``)
+    from any other detectron2, and the patch list a user can read."""
+    with open(os.path.join(tree, "_detpre_build.py"), "w") as f:
+        f.write('"""detectron2 v0.6 built by detpre\'s scripts/build_detectron2_wheel.py."""\n'
+                f"PATCHES = {patch_list()!r}\n")
+
+
+def check_installed():
+    """Exit status 0 when the importable detectron2 is this script's build with today's patches."""
+    try:
+        import detectron2
+        from detectron2 import _detpre_build
+    except ImportError as e:
+        sys.exit(f"not detpre's detectron2 build: {e}")
+    if detectron2.__version__ != "0.6" or _detpre_build.PATCHES != patch_list():
+        sys.exit("detpre's detectron2 build is older than scripts/build_detectron2_wheel.py")
+
+
 def run(cmd):
     print("+", " ".join(cmd), flush=True)
     subprocess.check_call(cmd)
@@ -129,7 +155,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "wheels"))
     ap.add_argument("--cache", default=os.path.join(ROOT, "build", "sdist"))
+    ap.add_argument("--check-installed", action="store_true",
+                    help="only check that the installed detectron2 is this build (exit status)")
     args = ap.parse_args()
+    if args.check_installed:
+        return check_installed()
 
     sdist = download_sdist(args.cache)
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,6 +175,7 @@ def main():
         check_patched(os.path.join(stage, "detectron2"))
         shutil.copy(os.path.join(ROOT, "detpre", "_c_placeholder.py"),
                     os.path.join(stage, "detectron2", "_C.py"))
+        write_build_marker(os.path.join(stage, "detectron2"))
         with open(os.path.join(stage, "setup.py"), "w") as f:
             f.write(SETUP_PY)
         os.makedirs(args.out, exist_ok=True)

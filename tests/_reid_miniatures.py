@@ -116,3 +116,22 @@ def personx_v1(root, subsets=(4, 5)):
         market(os.path.join(base, str(k)), train=(f"0001_c{k}s1_00000{k}.jpg",),
                query=("0003_c1s1_000001.jpg",), gallery=(f"0003_c2s1_00000{k}.jpg",))
     return base
+
+
+def registered_reid_demo(tmp_path):
+    """A tiny generated re-ID demo (3 training ids, 2 cameras), registered afresh under detpre's
+    demo names; its folder."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from detpre.data.datasets.reid import register_reid_demo
+    from detpre.data.datasets.reid_demo import generate_reid_demo
+
+    demo = str(tmp_path / "reid_demo")
+    generate_reid_demo(demo, num_train_ids=3, num_test_ids=2, num_cameras=2, views_per_camera=2,
+                       num_distractors=1, num_junk=1, size=32)
+    for name in ("detpre_reid_demo_train", "detpre_reid_demo_test"):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    register_reid_demo(demo)
+    return demo

@@ -2,6 +2,7 @@
 import pytest
 import torch
 from _amp_cases import METHODS, all_finite, train_step, update_cosine
+from _reid_miniatures import registered_reid_demo
 
 from detpre.config import get_detpre_cfg
 from detpre.engine.amp import MixedPrecision
@@ -54,7 +55,7 @@ def test_hybrid_memory_backward_under_autocast_keeps_an_fp32_bank():
     w.grad = None
     loss32, _ = loss_of(False)
     loss32.backward()
-    assert abs(float(loss16) - float(loss32)) < 0.02 * float(loss32)
+    assert abs(loss16.item() - loss32.item()) < 0.02 * loss32.item()
     assert torch.nn.functional.cosine_similarity(grad16.flatten(), w.grad.flatten(), dim=0) > 0.98
 
 
@@ -83,20 +84,11 @@ def test_trainer_trains_under_bf16_and_resumes_with_it(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from test_spcl import _tiny_cfg
 
-    from detpre.data.datasets.reid import register_reid_demo
-    from detpre.data.datasets.reid_demo import generate_reid_demo
     from detpre.engine.amp import AMPStep
     from detpre.engine.trainer import Trainer
 
-    demo = str(tmp_path / "reid_demo")
-    generate_reid_demo(demo, num_train_ids=3, num_test_ids=2, num_cameras=2, views_per_camera=2,
-                       num_distractors=1, num_junk=1, size=32)
+    demo = registered_reid_demo(tmp_path)
     names = ("detpre_reid_demo_train", "detpre_reid_demo_test")
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    register_reid_demo(demo)
     try:
         cfg = _tiny_cfg(tmp_path, demo)
         cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE = True, "bfloat16"

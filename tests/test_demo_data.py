@@ -178,7 +178,7 @@ def _generate(root):
 
 def test_concurrent_generation(small_demo, tmp_path):
     root = str(tmp_path / "shared")
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork in a threaded process is deprecated
     procs = [ctx.Process(target=_generate, args=(root,)) for _ in range(3)]
     for p in procs:
         p.start()

@@ -198,7 +198,8 @@ def test_fastmoco_config_is_the_official_recipe():
     cfg = _paper_cfg("fastmoco_R50_100ep.yaml")
     s = cfg.SOLVER
     assert (s.OPTIMIZER, s.IMS_PER_BATCH, s.BASE_LR, s.WEIGHT_DECAY, s.MOMENTUM) == ("SGD", 512, 0.1, 1e-4, 0.9)
-    assert (s.WARMUP_ITERS, s.MAX_ITER, s.WARMUP_FACTOR) == (2502, 250200, 0.25)
+    assert (s.WARMUP_ITERS, s.MAX_ITER, s.WARMUP_FACTOR) == (2502, 250300, 0.25)
+    assert s.LR_SCHEDULER_NAME == "WarmupThenCosineLR"
     assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
     assert s.CLIP_GRADIENTS.CLIP_VALUE == 1.0
     assert (cfg.MODEL.EMA.BASE, cfg.MODEL.EMA.SCHEDULE) == (0.99, "constant")
@@ -212,13 +213,17 @@ def test_fastmoco_config_is_the_official_recipe():
     lin = [m for m in model.predictor if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in lin] == [(2048, 512), (512, 2048)]
     assert not isinstance(model.predictor[-1], torch.nn.BatchNorm1d)
+    assert lin[-1].bias is not None  # prediction_MLP.layer2 = nn.Linear(hidden, out)
+    assert model.target.init == "random"
+    assert model.fixed_lr_parameters() == list(model.predictor.parameters())
 
 
 def test_mocov3_config_keeps_moco_v3s_recipe():
     cfg = _paper_cfg("mocov3_R50_100ep.yaml")
     s = cfg.SOLVER
     assert (s.OPTIMIZER, s.IMS_PER_BATCH, s.BASE_LR, s.WEIGHT_DECAY) == ("LARS", 4096, 9.6, 1e-6)
-    assert (s.WARMUP_ITERS, s.MAX_ITER) == (3130, 31300) and not s.CLIP_GRADIENTS.ENABLED
+    assert (s.WARMUP_ITERS, s.MAX_ITER) == (3120, 31200) and not s.CLIP_GRADIENTS.ENABLED
+    assert s.LR_SCHEDULER_NAME == "WarmupThenCosineLR"
     assert (cfg.MODEL.EMA.BASE, cfg.MODEL.EMA.SCHEDULE) == (0.99, "cosine")
     assert cfg.INPUT.TWO_VIEW.AUGMENT == "byol" and tuple(cfg.INPUT.TWO_VIEW.SCALE) == (0.2, 1.0)
     model = build_model(cfg)
@@ -228,6 +233,8 @@ def test_mocov3_config_keeps_moco_v3s_recipe():
     assert not model.projector[-1].affine
     lin = [m for m in model.predictor if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in lin] == [(256, 4096), (4096, 256)]
+    assert all(m.bias is None for m in lin)  # moco/builder.py _build_mlp: bias=False throughout
+    assert model.target.init == "copy" and model.fixed_lr_parameters() == []
 
 
 def test_full_model_clipping_uses_one_global_norm():
@@ -269,3 +276,120 @@ def test_mlp_heads_fail_clearly_on_one_row_in_training():
     model = tiny_model(combine="off")
     with pytest.raises(ValueError, match="images per GPU"):
         model(_batch(n=1))
+
+
+def test_predictor_last_bias_key():
+    cfg = get_detpre_cfg()
+    assert cfg.MODEL.FASTMOCO.PRED_LAST_BIAS is False  # MoCo v3's
+    assert MLP(4, 8, 4, 2, "BN", last_bias=False)[-1].bias is None
+    assert MLP(4, 8, 4, 2, "BN")[-1].bias is not None
+    assert MLP(4, 8, 4, 2, "BN", last_norm=True)[0].bias is None  # hidden Linear before BN: none
+
+
+def _tiny_cfg(**fastmoco):
+    cfg = get_detpre_cfg(os.path.join(REPO, "configs/demo/fastmoco_R18_tiny.yaml"))
+    cfg.MODEL.FASTMOCO.HIDDEN_DIM, cfg.MODEL.FASTMOCO.PROJ_DIM = 32, 16
+    for k, v in fastmoco.items():
+        cfg.MODEL.FASTMOCO[k] = v
+    return cfg
+
+
+def test_target_init_random_is_a_network_of_its_own():
+    """Fast-MoCo's code builds its EMA encoder separately (never copied); MoCo v3 copies."""
+    from detpre.engine.hooks import MomentumUpdate
+
+    torch.manual_seed(0)
+    copy = build_model(_tiny_cfg(TARGET_INIT="copy"))
+    torch.manual_seed(0)
+    fresh = build_model(_tiny_cfg(TARGET_INIT="random"))
+    for (n, p), (_, q) in zip(copy.named_parameters(), fresh.named_parameters()):
+        if not n.startswith("target."):
+            assert torch.equal(p, q), n  # the online network's init does not change
+    online = dict(fresh.named_parameters())
+    for name, t in fresh.target.named_parameters():
+        assert not t.requires_grad
+        if t.dim() > 1:  # every weight differs at start; BN's ones/zeros are alike by construction
+            assert not torch.equal(t, online[name]), name
+    for name, t in copy.target.named_parameters():
+        assert torch.equal(t, dict(copy.named_parameters())[name]), name
+    # a fresh run's MomentumUpdate keeps the random target (and still copies a "copy" one)
+    for model in (fresh, copy):
+        before = {k: v.clone() for k, v in model.target.state_dict().items()}
+        trainer = type("T", (), {"model": model, "iter": 0, "start_iter": 0})()
+        hook = MomentumUpdate(base=0.99, end=1.0, max_iter=10)
+        hook.trainer = trainer
+        hook.before_train()
+        after = model.target.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="TARGET_INIT"):
+        build_model(_tiny_cfg(TARGET_INIT="zeros"))
+
+
+def test_predictor_keeps_a_constant_lr_under_the_schedule():
+    """Fast-MoCo's WCosConLR: warm-up + cosine for the network, the predictor's LR constant."""
+    from detpre.solver import build_lr_scheduler
+    from detpre.solver.build import build_optimizer
+
+    cfg = _tiny_cfg(PRED_CONSTANT_LR=True)
+    s = cfg.SOLVER
+    s.OPTIMIZER, s.BASE_LR, s.LR_SCHEDULER_NAME = "SGD", 0.1, "WarmupThenCosineLR"
+    s.WARMUP_FACTOR, s.WARMUP_ITERS, s.MAX_ITER = 0.25, 3, 12
+    model = build_model(cfg)
+    opt = build_optimizer(cfg, model)
+    pred = {id(p) for p in model.predictor.parameters()}
+    fixed = [g for g in opt.param_groups if g.get("fixed_lr")]
+    assert {id(p) for g in fixed for p in g["params"]} == pred
+    assert all(id(p) not in pred for g in opt.param_groups if not g.get("fixed_lr") for p in g["params"])
+    sched = build_lr_scheduler(cfg, opt)
+    for it in range(12):
+        for g in fixed:
+            assert g["lr"] == pytest.approx(0.1)
+        rest = [g["lr"] for g in opt.param_groups if not g.get("fixed_lr")]
+        assert max(rest) < 0.1 - 1e-9 or it == 3
+        opt.step()
+        sched.step()
+    # off (MoCo v3): one schedule for all
+    cfg.MODEL.FASTMOCO.PRED_CONSTANT_LR = False
+    model = build_model(cfg)
+    opt = build_optimizer(cfg, model)
+    assert not any(g.get("fixed_lr") for g in opt.param_groups)
+
+
+def test_trainer_runs_fast_mocos_schedule_and_keeps_the_random_target(tmp_path):
+    """Through the Trainer: the predictor's LR stays BASE_LR while the rest warms up, and the
+    MomentumUpdate hook starts from the random target instead of copying the online network."""
+    import numpy as np
+
+    from detpre.engine import Trainer
+
+    class Synthetic(Trainer):
+        @classmethod
+        def build_train_loader(cls, cfg):
+            rng = np.random.RandomState(0)
+            while True:
+                yield [{"views": [torch.from_numpy(rng.randint(0, 256, (3, 64, 64), dtype=np.uint8))
+                                  for _ in range(2)]} for _ in range(4)]
+
+    cfg = _tiny_cfg(PRED_CONSTANT_LR=True, TARGET_INIT="random")
+    cfg.merge_from_list(["INPUT.TWO_VIEW.SIZE", 64, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 1,
+                         "SOLVER.WARMUP_ITERS", 10, "SOLVER.WARMUP_FACTOR", 0.25, "SOLVER.BASE_LR", 0.1,
+                         "SOLVER.LR_SCHEDULER_NAME", "WarmupThenCosineLR", "MODEL.EMA.SCHEDULE", "constant",
+                         "SOLVER.OPTIMIZER", "SGD",  # Fast-MoCo's (one LR for every group)
+                         "SOLVER.CHECKPOINT_PERIOD", 100, "OUTPUT_DIR", str(tmp_path)])
+    torch.manual_seed(0)
+    trainer = Synthetic(cfg)
+    model = trainer.model
+    t0 = {k: v.clone() for k, v in model.target.named_parameters()}
+    lrs = {}
+
+    def record(opt, args, kwargs):  # the LRs the one iteration runs with
+        lrs.update(fixed=[g["lr"] for g in opt.param_groups if g.get("fixed_lr")],
+                   rest=[g["lr"] for g in opt.param_groups if not g.get("fixed_lr")])
+
+    trainer.optimizer.register_step_pre_hook(record)
+    trainer.train()
+    assert lrs["fixed"] and all(lr == pytest.approx(0.1) for lr in lrs["fixed"])
+    assert all(lr == pytest.approx(0.025) for lr in lrs["rest"])  # warm-up start: 0.25 x 0.1
+    online = dict(model.named_parameters())
+    for name, t in model.target.named_parameters():  # one EMA step from the random init
+        assert torch.allclose(t, 0.99 * t0[name] + 0.01 * online[name].detach(), atol=1e-6), name

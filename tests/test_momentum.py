@@ -120,3 +120,28 @@ def test_copy_from_syncs_parameters_and_bn_statistics():
     model.target.copy_from(model)
     for name, t in model.target.backbone.state_dict().items():
         assert torch.equal(t, model.backbone.state_dict()[name]), name
+
+
+def test_fresh_target_is_its_own_network_and_start_keeps_it():
+    """Fast-MoCo's TARGET_INIT "random": modules built on their own replace the copies."""
+    torch.manual_seed(0)
+    model = Tiny()
+    fresh = {"backbone": nn.Linear(3, 4), "heads.proj": nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2))}
+    model.target = MomentumTarget(model, ["backbone", "heads.proj"], fresh=fresh)
+    assert model.target.init == "random" and model.target.backbone is fresh["backbone"]
+    assert not any(p.requires_grad for p in model.target.parameters())
+    w = model.target.backbone.weight.clone()
+    assert not torch.equal(w, model.backbone.weight)
+    model.target.start(model)  # a fresh run: kept as built
+    assert torch.equal(model.target.backbone.weight, w)
+    model.target.update(model, 0.5)  # then the EMA pulls it towards the online network
+    assert torch.allclose(model.target.backbone.weight, 0.5 * w + 0.5 * model.backbone.weight)
+    copy = Tiny()
+    with torch.no_grad():
+        copy.target.backbone.weight.add_(1)
+    copy.target.start(copy)  # "copy": becomes the online network
+    assert copy.target.init == "copy" and torch.equal(copy.target.backbone.weight, copy.backbone.weight)
+    with pytest.raises(ValueError, match="fresh"):
+        MomentumTarget(model, ["backbone", "heads.proj"], fresh={"backbone": nn.Linear(3, 4)})
+    with pytest.raises(AssertionError, match="structure"):
+        MomentumTarget(model, ["backbone"], fresh={"backbone": nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4))})

@@ -88,6 +88,12 @@ def test_readme_command(line, argv, monkeypatch):
         targets = MAKE_TARGETS.findall(open(os.path.join(REPO, "Makefile")).read())
         assert all(t in targets for t in argv[1:]), f"README.md:{line}: no make target {argv[1:]}"
         return
+    if argv[0] == "pip" or argv[:3] == ["python", "-m", "pytest"]:  # into the user's own environment
+        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-r", "-e")]
+        files += argv[4:] if argv[0] == "python" else []
+        files = [f for f in files if not f.startswith("-")]
+        assert files and all(os.path.exists(os.path.join(REPO, f)) for f in files), f"README.md:{line}: {argv}"
+        return
     if argv[0] in ("torchrun", "srun", "sbatch"):
         argv = [a for a in argv if a.endswith(".py") or a.endswith(".sh")][:1] + argv[
             next(i for i, a in enumerate(argv) if a.endswith((".py", ".sh"))) + 1:]

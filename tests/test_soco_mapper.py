@@ -1,6 +1,8 @@
-"""SoCoMapper: proposal k shows the same content in every view; boxes inside their views."""
+"""SoCoMapper: proposal k shows the same content in V1 and every view it is paired with; boxes
+inside their views; INPUT.SOCO.VIEWS "official" (a last view of its own) and "paper"."""
 import numpy as np
 import pytest
+import torch
 from detectron2.data import transforms as T
 from PIL import Image
 
@@ -34,36 +36,110 @@ def _mapper(extra=0, **kw):
     return SoCoMapper(**args)
 
 
+def _regions(view, boxes, s):
+    """The painted region each box shows, read in its interior (2 px from resampled edges);
+    None for a box too small to read. Each must be one region, not background."""
+    b = boxes.numpy()
+    assert boxes.shape == (4, 4)
+    assert (b >= 0).all() and (b <= s).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    img = view.numpy().transpose(1, 2, 0).astype(int)
+    out = []
+    for k, (x0, y0, x1, y1) in enumerate(b):
+        xa, ya, xb, yb = int(np.ceil(x0)) + 2, int(np.ceil(y0)) + 2, int(x1) - 2, int(y1) - 2
+        if xb <= xa or yb <= ya:
+            out.append(None)
+            continue
+        patch = img[ya:yb, xa:xb].reshape(-1, 3)
+        dist = np.abs(patch[:, None, :] - np.array(COLORS)[None]).max(axis=2)  # (pixels, regions)
+        region = int(np.argmin(dist.mean(axis=0)))
+        assert dist[:, region].max() <= 40, (k, "box covers background or two regions")
+        out.append(region)
+    return out
+
+
+@pytest.mark.parametrize("views", ["paper", "official"])
 @pytest.mark.parametrize("extra", [0, 48])
-def test_each_proposal_shows_the_same_content_in_every_view(painted, extra):
-    mapper = _mapper(extra)
+def test_each_proposal_shows_the_same_content_in_v1_and_its_views(painted, extra, views):
+    mapper = _mapper(extra, views=views)
     checked = 0
     for seed in range(12):
         np.random.seed(seed)
         out = mapper(painted)
         sizes = [64, 64, 32] + ([extra] if extra else [])
-        seen = {}
         assert [tuple(v.shape) for v in out["views"]] == [(3, s, s) for s in sizes]
         assert "proposal_boxes" not in out
-        for view, boxes, s in zip(out["views"], out["view_boxes"], sizes):
-            assert boxes.shape == (4, 4)
-            b = boxes.numpy()
-            assert (b >= 0).all() and (b <= s).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
-            img = view.numpy().transpose(1, 2, 0).astype(int)
-            # the painted region proposal k's box shows, read in its interior (2 px from
-            # resampled edges); it must be one region, not background
-            for k, (x0, y0, x1, y1) in enumerate(b):
-                xa, ya, xb, yb = int(np.ceil(x0)) + 2, int(np.ceil(y0)) + 2, int(x1) - 2, int(y1) - 2
-                if xb <= xa or yb <= ya:
-                    continue
-                patch = img[ya:yb, xa:xb].reshape(-1, 3)
-                dist = np.abs(patch[:, None, :] - np.array(COLORS)[None]).max(axis=2)  # (pixels, regions)
-                region = int(np.argmin(dist.mean(axis=0)))
-                assert dist[:, region].max() <= 40, (seed, k, "box covers background or two regions")
-                seen.setdefault(k, set()).add(region)
-                checked += 1
-        assert all(len(r) == 1 for r in seen.values()), f"seed {seed}: a proposal shows different regions"
-    assert checked > 12 * 4 * 2
+        # the last view has proposals of its own in "official" (SoCo's V3, SoCo*'s V4)
+        own = {len(sizes) - 1} if views == "official" else set()
+        assert set(out.get("pair_boxes", {})) == own
+        for v in range(1, len(sizes)):
+            v1 = out["pair_boxes"][v] if v in own else out["view_boxes"][0]
+            pairs = zip(_regions(out["views"][0], v1, 64), _regions(out["views"][v], out["view_boxes"][v], sizes[v]))
+            for a, b in pairs:
+                if a is not None and b is not None:
+                    assert a == b, f"seed {seed}: a proposal shows different regions in V1 and V{v + 1}"
+                    checked += 1
+    assert checked > 12 * 4 * (len(sizes) - 1) // 2
+
+
+def _to_original(boxes, crop, size):
+    """View boxes (no flip) back to original pixels."""
+    x0, y0, x1, y1 = crop
+    sx, sy = (x1 - x0) / size, (y1 - y0) / size
+    return boxes * np.array([sx, sy, sx, sy]) + np.array([x0, y0, x0, y0])
+
+
+@pytest.mark.parametrize("extra", [0, 48])
+def test_official_last_view_is_a_crop_of_its_own_with_its_own_proposals(painted, extra):
+    """SoCo's code: V3 (SoCo*'s 192 px view, here V4) is a random crop drawn on its own, whose
+    K proposals are selected inside it, and V1 holds their boxes separately."""
+    props = painted["proposal_boxes"]
+    mapper = _mapper(extra, views="official", view_augmentations=[[] for _ in range(4 if extra else 3)])
+    last, n = (3, 4) if extra else (2, 3)
+    sizes = [64, 64, 32, extra][:n]
+    differ_crop = differ_boxes = 0
+    for seed in range(20):
+        np.random.seed(seed)
+        crops, sets = mapper.geometry(mapper.proposals(painted, H, W), H, W)
+        np.random.seed(seed)
+        out = mapper(painted)
+        assert len(sets) == 2 and crops[0] == (0, 0, W, H)
+        if extra:  # SoCo*'s 112 px view is V2 resized
+            assert crops[2] == crops[1]
+        differ_crop += crops[last] != crops[1]
+        # the own view's boxes, back in original pixels, are proposals clipped to its crop
+        own = _to_original(out["view_boxes"][last].numpy(), crops[last], sizes[last])
+        x0, y0, x1, y1 = crops[last]
+        clipped = np.stack([np.maximum(props[:, 0], x0), np.maximum(props[:, 1], y0),
+                            np.minimum(props[:, 2], x1), np.minimum(props[:, 3], y1)], axis=1)
+        for b in own:
+            assert b[0] >= x0 - 1e-3 and b[1] >= y0 - 1e-3 and b[2] <= x1 + 1e-3 and b[3] <= y1 + 1e-3
+            assert np.abs(clipped - b).max(axis=1).min() < 1e-3, "not a proposal clipped to the crop"
+        assert np.allclose(own, sets[1], atol=1e-3)
+        # V1 (the whole image, no jitter here) holds the same boxes for that pair
+        assert np.allclose(_to_original(out["pair_boxes"][last].numpy(), crops[0], 64), sets[1], atol=1e-3)
+        assert np.allclose(_to_original(out["view_boxes"][0].numpy(), crops[0], 64), sets[0], atol=1e-3)
+        differ_boxes += not np.allclose(np.sort(sets[0], axis=0), np.sort(sets[1], axis=0))
+    assert differ_crop >= 18 and differ_boxes >= 5
+
+
+def test_paper_v3_is_v2_resized(painted):
+    mapper = _mapper(views="paper", view_augmentations=[[] for _ in range(3)])
+    for seed in range(10):
+        np.random.seed(seed)
+        crops, sets = mapper.geometry(mapper.proposals(painted, H, W), H, W)
+        np.random.seed(seed)
+        out = mapper(painted)
+        assert crops[2] == crops[1] and len(sets) == 1 and "pair_boxes" not in out
+        assert torch.allclose(out["view_boxes"][2], out["view_boxes"][1] * 0.5)
+        v2 = out["views"][1].float()[None]
+        down = torch.nn.functional.interpolate(v2, size=(32, 32), mode="area")[0]
+        assert (down - out["views"][2].float()).abs().mean() < 12
+
+
+def test_views_key_and_validation(painted):
+    assert get_detpre_cfg().INPUT.SOCO.VIEWS == "official"
+    with pytest.raises(ValueError, match="VIEWS"):
+        _mapper(views="both")
 
 
 def test_no_proposals_falls_back_to_random_boxes(painted):

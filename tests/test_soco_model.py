@@ -172,3 +172,50 @@ def test_zero_proposals_and_one_row_fail_clearly(repo_root):
     with pytest.raises(ValueError, match="proposals per GPU"):
         model(synthetic_batch(num_images=1, k=1, sizes=(64, 64, 64)))
     assert torch.isfinite(model(synthetic_batch(num_images=1, k=2, sizes=(64, 64, 64)))["loss_soco"])
+
+
+def test_views_of_their_own_are_paired_with_their_v1_boxes(repo_root):
+    """INPUT.SOCO.VIEWS "official": ``pair_boxes`` replace V1's boxes in the pair with that view."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(repo_root))
+    model.train()
+    batch = synthetic_batch(num_images=2, k=3)
+    same = [dict(d, pair_boxes={2: d["view_boxes"][0].clone()}) for d in batch]
+    other = [dict(d, pair_boxes={2: d["view_boxes"][0].flip(0)}) for d in batch]
+    with torch.no_grad():
+        plain = model(batch)["loss_soco"]
+        assert torch.allclose(model(same)["loss_soco"], plain, atol=1e-6)
+        assert not torch.allclose(model(other)["loss_soco"], plain, atol=1e-4)
+    # the loss by hand: V1's own set for V2, the pair set for V3
+    rng = np.random.RandomState(1)
+    t = lambda: torch.from_numpy(rng.randn(2, 3, 5)).float()  # noqa: E731
+    preds, targets, pp, pt = [t(), t(), t()], [t(), t(), t()], {2: t()}, {2: t()}
+    want = (byol_loss(preds[0], targets[1]) + byol_loss(preds[1], targets[0])
+            + byol_loss(pp[2], targets[2]) + byol_loss(preds[2], pt[2]))
+    assert model.loss(preds, targets, pp, pt).item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="own"):
+        model([same[0], batch[1]])
+
+
+@pytest.mark.parametrize("extra", [0, 48])
+def test_official_views_train_end_to_end(repo_root, tmp_path, extra):
+    from PIL import Image
+
+    from detpre.data.mappers.soco import SoCoMapper
+
+    rng = np.random.RandomState(0)
+    path = str(tmp_path / "img.png")
+    Image.fromarray(rng.randint(0, 255, (96, 128, 3)).astype(np.uint8)).save(path)
+    props = np.array([[4, 4, 60, 50], [30, 20, 120, 90], [70, 10, 124, 60], [10, 40, 70, 92]], np.float32)
+    d = {"file_name": path, "height": 96, "width": 128, "proposal_boxes": props, "proposal_bbox_mode": 0}
+    mapper = SoCoMapper(view_size=64, small_view_size=32, extra_view_size=extra, num_proposals=3,
+                        min_box_size=4, image_format="RGB", views="official")
+    np.random.seed(0)
+    batch = [mapper(d) for _ in range(2)]
+    assert list(batch[0]["pair_boxes"]) == [3 if extra else 2]
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(repo_root))
+    model.train()
+    loss = model(batch)["loss_soco"]
+    assert torch.isfinite(loss)
+    loss.backward()

@@ -3,6 +3,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import torch
 from detectron2.data import DatasetCatalog
 from PIL import Image
@@ -33,7 +34,7 @@ def _dataset(tmp_path):
     return props
 
 
-def _cfg(repo_root, props, out):
+def _cfg(repo_root, props, out, extra=()):
     cfg = get_detpre_cfg()
     cfg.merge_from_file(os.path.join(repo_root, "configs/demo/soco_R18_FPN_tiny.yaml"))
     cfg.merge_from_list([
@@ -41,7 +42,7 @@ def _cfg(repo_root, props, out):
         "INPUT.SOCO.VIEW_SIZE", 64, "INPUT.SOCO.SMALL_VIEW_SIZE", 32, "MODEL.SOCO.CANONICAL_BOX_SIZE", 24,
         "MODEL.SOCO.HIDDEN_DIM", 32, "MODEL.SOCO.PROJ_DIM", 16, "SOLVER.IMS_PER_BATCH", 2,
         "SOLVER.MAX_ITER", 4, "SOLVER.CHECKPOINT_PERIOD", 2, "SOLVER.WARMUP_ITERS", 1, "SEED", 7,
-        "OUTPUT_DIR", str(out),
+        "OUTPUT_DIR", str(out), *extra,
     ])
     return cfg
 
@@ -54,16 +55,20 @@ def _run(cfg, resume):
     return trainer.model.state_dict()
 
 
-def test_resume_reproduces_the_uninterrupted_run(repo_root, tmp_path):
+# the demo's views and schedule; the paper configs' (SoCo's code: V3 of its own, the cosine after
+# the warm-up)
+@pytest.mark.parametrize("extra", [(), ("INPUT.SOCO.VIEWS", "official", "SOLVER.LR_SCHEDULER_NAME",
+                                        "WarmupThenCosineLR", "SOLVER.WARMUP_FACTOR", 0.01)])
+def test_resume_reproduces_the_uninterrupted_run(repo_root, tmp_path, extra):
     props = _dataset(tmp_path)
-    full = _run(_cfg(repo_root, props, tmp_path / "full"), resume=False)
+    full = _run(_cfg(repo_root, props, tmp_path / "full", extra), resume=False)
     # the "killed" run: only the checkpoint after 2 of 4 iterations survives
     killed = tmp_path / "killed"
     killed.mkdir()
     shutil.copy(tmp_path / "full" / "model_0000001.pth", killed / "model_0000001.pth")
     (killed / "last_checkpoint").write_text("model_0000001.pth")
     torch.manual_seed(123)  # a fresh process would not share the first run's torch RNG state
-    resumed = _run(_cfg(repo_root, props, killed), resume=True)
+    resumed = _run(_cfg(repo_root, props, killed, extra), resume=True)
     mid = torch.load(killed / "model_0000001.pth", weights_only=False)["model"]
     assert any(not torch.equal(mid[k], full[k]) for k in mid if k.startswith("target."))
     for k, v in full.items():

@@ -141,18 +141,11 @@ def _tiny_cfg(tmp_path, demo_root):
 
 
 def test_tiny_spcl_training_fills_memory_and_clusters(tmp_path):
-    from detpre.data.datasets.reid import register_reid_demo
+    from _reid_miniatures import registered_reid_demo
+
     from detpre.engine.trainer import Trainer
 
-    demo = str(tmp_path / "reid_demo")
-    generate_reid_demo(demo, num_train_ids=3, num_test_ids=2, num_cameras=2, views_per_camera=2,
-                       num_distractors=1, num_junk=1, size=32)
-    # its own data set names, so the session-wide demo registration is not disturbed
-    for name in ("detpre_reid_demo_train", "detpre_reid_demo_test"):
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    register_reid_demo(demo)
+    demo = registered_reid_demo(tmp_path)
     cfg = _tiny_cfg(tmp_path, demo)
     layout = reid_memory_layout(cfg.DATASETS.TRAIN, [])
     assert (layout.num_source, layout.num_target) == (0, 12)

@@ -9,7 +9,6 @@ Pseudo-labelling images/s vs plain detectron2 inference on the same images, one 
 import argparse
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from tabulate import tabulate
@@ -18,6 +17,7 @@ import detpre  # noqa: F401
 from detpre.benchmarks.pseudo_labels import benchmark_pseudo_labelling
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
+from detpre.engine.checkpointer import DetpreCheckpointer
 from detpre.pseudo_labels.teacher import teacher_config
 
 
@@ -38,7 +38,7 @@ def main():
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if a.weights:
-        DetectionCheckpointer(model).load(a.weights)
+        DetpreCheckpointer(model).load(a.weights)  # read without running code (safe_load)
     dicts = DatasetCatalog.get(a.dataset)[: a.num]
     rows = benchmark_pseudo_labelling(cfg, model, dicts, a.repeats, a.num_workers, tta=a.tta)
     print(f"\n{len(dicts)} images of {a.dataset}, {cfg.MODEL.META_ARCHITECTURE}, "

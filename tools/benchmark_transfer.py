@@ -12,6 +12,11 @@ AP mean ± std and the paired difference to random init with its 95% interval:
 ``--detector backbone_fpn`` (or ``CONFIG:backbone_fpn`` for one config) transfers only the ResNet
 and FPN, leaving the RoI box head to the detector's own init.
 
+``--baseline NAME=WEIGHTS`` (repeatable) adds a row fine-tuned from weights you already have, with
+the same seeds and intervals: a detectron2 model-zoo .pkl (e.g. ImageNet R-50.pkl), a detectron2
+checkpoint .pth, or a torchvision ResNet state_dict .pth (converted; its runs get torchvision's
+strides and RGB input). Each is checked against the fine-tuning detector before any training.
+
 Finished steps are skipped, killed ones resume; results go to <output-dir>/benchmark_transfer.json
 and a plot (AP against pretraining seconds) to <output-dir>/transfer.png.
 """
@@ -20,13 +25,17 @@ import os
 
 import detpre  # noqa: F401  (registers every component)
 from detpre.checkpoint import DETECTOR_PREFIXES
+from detpre.errors import DetpreError
 from detpre.jobs.report import margin_sentence, plot_transfer, transfer_table
-from detpre.jobs.transfer import Method, run_transfer
+from detpre.jobs.transfer import Method, parse_baseline, run_transfer
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", required=True, help="pretraining configs")
+    ap.add_argument("--configs", nargs="+", default=[], help="pretraining configs")
+    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=WEIGHTS",
+                    help="also fine-tune from these weights (model-zoo .pkl, detectron2 or torchvision .pth); "
+                         "repeatable")
     ap.add_argument("--budget-seconds", type=float, default=0.0,
                     help="training seconds each pretraining gets (0: each config's own MAX_ITER)")
     ap.add_argument("--finetune-config", default="configs/demo/mask_rcnn_R18_FPN_tiny.yaml")
@@ -41,6 +50,12 @@ def main(argv=None):
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="overrides for the fine-tuning runs")
     args = ap.parse_args(argv)
     opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    if not args.configs and not args.baseline:
+        ap.error("pass --configs (pretrainings) and/or --baseline NAME=WEIGHTS")
+    try:
+        baselines = [parse_baseline(spec) for spec in args.baseline]
+    except DetpreError as e:
+        ap.error(str(e))
     methods = []
     for spec in args.configs:
         config, _, detector = spec.partition(":")
@@ -48,14 +63,22 @@ def main(argv=None):
             ap.error(f"{spec}: unknown detector {detector!r}; use one of {sorted(DETECTOR_PREFIXES)}")
         name = os.path.splitext(os.path.basename(config))[0] + (f"_{detector}" if detector else "")
         methods.append(Method(name, config, detector=detector or args.detector))
-    result = run_transfer(methods, args.finetune_config, args.output_dir,
-                          seeds=[int(s) for s in args.seeds.split(",") if s], jobs=args.jobs,
-                          finetune_opts=opts, budget_s=args.budget_seconds or None,
-                          calibration_iters=args.calibration_iters)
+    try:
+        result = run_transfer(methods, args.finetune_config, args.output_dir,
+                              seeds=[int(s) for s in args.seeds.split(",") if s], jobs=args.jobs,
+                              finetune_opts=opts, budget_s=args.budget_seconds or None,
+                              calibration_iters=args.calibration_iters, baselines=baselines)
+    except DetpreError as e:
+        raise SystemExit(f"error: {e}")
     plot = plot_transfer(result, os.path.join(args.output_dir, "transfer.png"))
     print(f"\nFine-tuning {args.finetune_config}"
           + (f" after {args.budget_seconds:.0f}s of pretraining each:" if args.budget_seconds else ":"))
     print(transfer_table(result))
+    for r in result["rows"]:
+        if r.get("baseline"):
+            b = r["baseline"]
+            print(f"{r['init']}: user weights, no pretraining ({b['format']}, {b['source']})"
+                  + (f"; its runs had {' '.join(b['opts'])}" if b["opts"] else ""))
     print("\n" + margin_sentence(result))
     print(f"\nresults: {os.path.join(args.output_dir, 'benchmark_transfer.json')}, plot: {plot}")
     return 0

@@ -7,9 +7,12 @@ kNN / linear-probe accuracy of a pretrained backbone on object crops of a labele
 
 ``--weights`` takes a tools/convert_pretrained.py export (.pkl), a detpre checkpoint (.pth), or
 "" for a randomly initialized baseline. The config gives the ResNet definition and pixel format.
+A file detpre will not read (e.g. a .pkl that would run code: see README "Which files detpre
+reads") is reported as one line ``detpre: error: ...`` and exit status 2.
 """
 import argparse
 import json
+import sys
 
 import torch
 from detectron2.data import DatasetCatalog
@@ -17,6 +20,7 @@ from detectron2.data import DatasetCatalog
 import detpre  # noqa: F401  (registers every component)
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
+from detpre.errors import DetpreError
 from detpre.evaluation.backbone_probe import evaluate_backbone
 from detpre.utils.io import write_json_atomic
 
@@ -37,14 +41,18 @@ def main():
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args()
 
-    cfg = get_detpre_cfg(args.config_file, args.opts)
-    register_from_config(cfg)
-    with torch.no_grad():
-        res = evaluate_backbone(
-            cfg, args.weights, DatasetCatalog.get(args.train_dataset), DatasetCatalog.get(args.test_dataset),
-            crop_size=args.crop_size, k=args.k, temperature=args.temperature, linear=not args.no_linear,
-            use_target=args.ema,
-        )
+    try:
+        cfg = get_detpre_cfg(args.config_file, args.opts)
+        register_from_config(cfg)
+        with torch.no_grad():
+            res = evaluate_backbone(
+                cfg, args.weights, DatasetCatalog.get(args.train_dataset), DatasetCatalog.get(args.test_dataset),
+                crop_size=args.crop_size, k=args.k, temperature=args.temperature, linear=not args.no_linear,
+                use_target=args.ema,
+            )
+    except DetpreError as e:
+        print(f"detpre: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(json.dumps(res, indent=2))
     if args.output:
         write_json_atomic(args.output, res, indent=2)

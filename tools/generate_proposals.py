@@ -12,7 +12,9 @@ Selective-search proposals for SoCo, in detectron2's precomputed-proposal format
 
 Then train with DATASETS.PROPOSAL_FILES_TRAIN "('props.pkl',)" MODEL.LOAD_PROPOSALS True.
 A killed run resumes when rerun with the same arguments (finished chunks are kept in
-OUTPUT.parts/). Unreadable images are listed in OUTPUT.errors.txt and get no proposals.
+OUTPUT.parts/). Images left without proposals (unreadable, or no box passed the filter) are
+listed in OUTPUT.errors.txt. A mistake in the input (a missing file or data set, a locked,
+read-only or full output) is reported as one line ``detpre: error: ...`` and exit status 2.
 """
 import os
 
@@ -21,6 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker process
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import sys  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -62,17 +65,41 @@ def load_records(args):
 
     from detpre import get_detpre_cfg
     from detpre.data.datasets import register_from_config
+    from detpre.errors import DetpreError, DetpreFileNotFoundError
 
-    cfg = get_detpre_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
+    if args.config_file and not os.path.isfile(args.config_file):
+        raise DetpreFileNotFoundError(f"--config-file {args.config_file}: no such file")
+    cfg = get_detpre_cfg(args.config_file or None)  # a missing _BASE_: a DetpreError
     register_from_config(cfg)
+    if args.dataset not in DatasetCatalog.list():
+        raise DetpreError(f"--dataset {args.dataset!r} is not registered: name one of the config's "
+                          "DATASETS.COCO/VOC/FOLDER (with --config-file), a demo set, or use --image-dir")
     return DatasetCatalog.get(args.dataset)
 
 
+def _json_arg(text):
+    from detpre.errors import DetpreError
+
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise DetpreError(f"--backend-args {text!r} is not JSON ({e}); e.g. '{{\"preset\": \"fast\"}}'") from None
+
+
 def main(argv=None):
+    from detpre.errors import DetpreError
+
+    try:
+        _main(argv)
+    except DetpreError as e:
+        print(f"detpre: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from detpre.data.image_io import printable_name
     from detpre.data.proposals import ProposalFilter, generate_proposals, merge_proposal_files
 
     if args.merge:
@@ -94,14 +121,15 @@ def main(argv=None):
                               args.min_side, args.max_proposals)
     summary = generate_proposals(
         load_records(args), args.output, backend=args.backend,
-        backend_kwargs=json.loads(args.backend_args), proposal_size=args.proposal_size,
+        backend_kwargs=_json_arg(args.backend_args), proposal_size=args.proposal_size,
         proposal_filter=filt, workers=args.workers, shard=(i, n), chunk_size=args.chunk_size,
         overwrite=args.overwrite)
     for file_name, reason in summary["errors"]:
-        print(f"unreadable image: {file_name}: {reason}")
+        print(f"unreadable image: {printable_name(file_name)}: {reason}")
     if not summary["skipped"]:
+        listed = f", listed in {summary['output']}.errors.txt" if summary["no_proposals"] else ""
         print(f"wrote {summary['output']} ({summary['num_images']} images, "
-              f"{len(summary['errors'])} unreadable)")
+              f"{len(summary['errors'])} unreadable, {summary['no_proposals']} without proposals{listed})")
 
 
 if __name__ == "__main__":

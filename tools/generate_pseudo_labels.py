@@ -7,10 +7,14 @@ Pseudo-label an unlabeled data set (or image folder) with a trained detector (th
         --output output/demo/pseudo/detpre_demo_unlabeled.json [--threshold 0.5] [--tta]
 
 Resumes after a kill (re-run the same command); prints the DATASETS.COCO entry that registers
-the json for a student config (MODEL.SELF_TRAINING.PSEUDO_DATASETS).
+the json for a student config (MODEL.SELF_TRAINING.PSEUDO_DATASETS). A mistake in the input (a
+missing file or data set, a locked, read-only or full output) is reported as one line
+``detpre: error: ...`` and exit status 2.
 """
 import argparse
 import logging
+import os
+import sys
 
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
@@ -18,6 +22,8 @@ from detectron2.utils.logger import setup_logger
 import detpre  # noqa: F401  (registers every component)
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import load_image_folder, register_from_config
+from detpre.data.image_io import printable_name
+from detpre.errors import DetpreError, DetpreFileNotFoundError
 from detpre.pseudo_labels import label_images
 
 
@@ -44,13 +50,32 @@ def parse_args():
 
 
 def main():
+    try:
+        _main()
+    except DetpreError as e:
+        print(f"detpre: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _main():
     args = parse_args()
     setup_logger(name="detpre")
     setup_logger(name="detectron2", abbrev_name="d2")
-    cfg = get_detpre_cfg(args.config_file, args.opts)
+    if not os.path.isfile(args.config_file):
+        raise DetpreFileNotFoundError(f"--config-file {args.config_file}: no such file")
+    cfg = get_detpre_cfg(args.config_file, args.opts)  # a missing _BASE_: a DetpreError
     cfg.freeze()
+    weights = args.weights or cfg.MODEL.WEIGHTS
+    if not weights:
+        raise DetpreError("no teacher weights: pass --weights (or MODEL.WEIGHTS) of a trained detector")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise DetpreFileNotFoundError(f"teacher weights {weights}: no such file; pass --weights of a "
+                                      "trained detector (e.g. its OUTPUT_DIR/model_final.pth)")
     register_from_config(cfg)
     if args.dataset:
+        if args.dataset not in DatasetCatalog.list():
+            raise DetpreError(f"--dataset {args.dataset!r} is not registered: name one of the config's "
+                              "DATASETS.COCO/VOC/FOLDER, a demo set, or use --image-dir")
         dicts = DatasetCatalog.get(args.dataset)
     else:
         dicts = load_image_folder(args.image_dir, source="--image-dir")
@@ -64,7 +89,7 @@ def main():
     logging.getLogger("detpre").info(
         "%d pseudo-labels on %d images. Register it in a student config with\n"
         "  DATASETS.COCO: [[\"my_pseudo\", \"%s\", \"%s\"]]\n  MODEL.SELF_TRAINING.PSEUDO_DATASETS: (\"my_pseudo\",)",
-        summary["annotations"], summary["images"], summary["output"], summary["image_root"])
+        summary["annotations"], summary["images"], summary["output"], printable_name(summary["image_root"]))
 
 
 if __name__ == "__main__":

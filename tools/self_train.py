@@ -14,13 +14,15 @@ student on labeled images only (tools/benchmark_self_training.py repeats that ov
 """
 import argparse
 import os
+import sys
 
 from detectron2.utils.logger import setup_logger
 
 import detpre  # noqa: F401  (registers every component)
+from detpre.engine.guard import lock_output_dir
 from detpre.jobs.report import self_train_rounds_table
 from detpre.jobs.self_training import format_rows, self_train
-from detpre.utils.io import write_json_atomic
+from detpre.utils.io import OutputLocked, write_json_atomic
 
 
 def main():
@@ -43,6 +45,14 @@ def main():
     p.add_argument("--student-opts", nargs="*", default=[])
     a = p.parse_args()
     os.makedirs(a.output, exist_ok=True)
+    try:  # one job per --output: a second one stops with one line naming the first
+        with lock_output_dir(a.output, "self-training"):
+            _run(a)
+    except OutputLocked as e:
+        sys.exit(f"detpre: error: {e}")
+
+
+def _run(a):
     setup_logger(os.path.join(a.output, "log.txt"), name="detpre")
     setup_logger(os.path.join(a.output, "log.txt"), name="detectron2", abbrev_name="d2")
     rows = self_train(a.teacher_config, a.student_config, a.output, rounds=a.rounds,

@@ -27,8 +27,26 @@ def _fail(e):
     sys.exit(2)
 
 
+def _warn_random_eval(args):
+    """``--eval-only`` with an empty MODEL.WEIGHTS (and no checkpoint for ``--resume``) evaluates
+    a randomly initialized model, which detectron2 does without a word: one line says so."""
+    from detectron2.utils import comm
+
+    from detpre.config import get_detpre_cfg
+    from detpre.utils.checkpoint_io import checkpoint_candidates
+
+    cfg = get_detpre_cfg(args.config_file, args.opts)
+    if cfg.MODEL.WEIGHTS or (args.resume and checkpoint_candidates(cfg.OUTPUT_DIR)) or not comm.is_main_process():
+        return False
+    print("detpre: warning: --eval-only with MODEL.WEIGHTS '' evaluates a randomly initialized model; "
+          "pass MODEL.WEIGHTS path/to/model_final.pth to evaluate trained weights", file=sys.stderr, flush=True)
+    return True
+
+
 def run(args):
     try:
+        if args.eval_only:
+            _warn_random_eval(args)
         return main(args)
     except DetpreError as e:
         _fail(e)

@@ -6,15 +6,25 @@ truncated JPEG, not an image) raised as ``UnreadableImage`` naming the file. The
 (``samplers.SeededMapDataset``) catches it, takes the next sample instead and hands the skip to
 ``BadImageLog`` in the main process, which logs each file once, counts skips in the metrics and
 stops the run only past ``DATALOADER.MAX_BAD_IMAGE_FRACTION`` of the training images.
+
+16-bit grayscale images (PNG/TIFF, PIL modes ``I;16*`` and ``I``) are scaled to 8 bits by dividing
+by 257, i.e. the full 16-bit range 0..65535 onto 0..255, the same for every image (a dark image
+stays dark); detectron2's reader clips them at 255, so such an image read almost solid white.
+Wider or float grayscale images (``I`` past 65535, ``F``) are refused by name: their range is
+unknown. 16-bit RGB is scaled by PIL itself.
 """
 import logging
+import os
 
+import numpy as np
 from detectron2.data import detection_utils as utils
+from detectron2.utils.file_io import PathManager
+from PIL import Image, ImageOps
 
 from detpre.errors import DetpreError
 
 __all__ = ["UnreadableImage", "read_image", "bad_image_of", "BadImageLog", "BAD_IMAGES_KEY",
-           "DEFAULT_MAX_BAD_FRACTION"]
+           "DEFAULT_MAX_BAD_FRACTION", "printable_name", "text_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +35,62 @@ DEFAULT_MAX_BAD_FRACTION = 0.1
 
 class UnreadableImage(OSError):
     def __init__(self, file_name, reason):
-        super().__init__(f"{file_name}: {reason}")
+        super().__init__(f"{printable_name(file_name)}: {reason}")
         self.file_name, self.reason = file_name, reason
 
 
-def read_image(file_name, format=None):
-    """detectron2's ``read_image``; failures become ``UnreadableImage(file_name, reason)``."""
+def printable_name(path):
+    """``path`` as text any terminal, log file or UTF-8 file takes: itself if it is valid UTF-8,
+    else the repr of its bytes (``b'imgs/\\xff.png'``) -- a name read from a non-UTF-8 file
+    system holds surrogates (``os.fsdecode``) that cannot be printed or encoded."""
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        return repr(path)
     try:
-        return utils.read_image(file_name, format=format)
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return repr(os.fsencode(path))
+
+
+def text_bytes(text):
+    """``text`` (holding file names) as UTF-8 bytes for a file: an ``os.fsdecode``d name gets its
+    original bytes back (surrogateescape), so a list of files names each exactly."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system gave (e.g. from a json)
+        return text.encode("utf-8", "backslashreplace")
+
+
+_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _wide_to_8bit(image, file_name):
+    """A 16-bit grayscale PIL image as 8-bit "L" (value / 257); other wide modes refused."""
+    a = np.asarray(image)
+    if image.mode == "F" or (a.size and (a.min() < 0 or a.max() > 65535)):
+        raise UnreadableImage(file_name, f"{image.mode} image with values {a.min()}..{a.max()}, not a "
+                                         "16-bit range: convert it to an 8-bit (or 16-bit) image")
+    return Image.fromarray(np.rint(a.astype(np.float32) / 257.0).astype(np.uint8), "L")
+
+
+def read_image(file_name, format=None, d2_read_image=None):
+    """detectron2's ``read_image`` (16-bit grayscale scaled to 8 bits, see the module docstring);
+    failures become ``UnreadableImage(file_name, reason)``. ``d2_read_image``: detectron2's own
+    reader, when ``detection_utils.read_image`` is detpre's (``detpre._compat``)."""
+    d2_read_image = d2_read_image or utils.read_image
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            if image.mode not in _16BIT_MODES + ("F",):
+                image = None  # the usual case: detectron2's own read, unchanged
+            else:
+                image = _wide_to_8bit(ImageOps.exif_transpose(image), file_name)
+        if image is None:
+            return d2_read_image(file_name, format=format)
+        return utils.convert_PIL_to_numpy(image, format)
+    except UnreadableImage:
+        raise
     except Exception as e:
         raise UnreadableImage(file_name, f"{type(e).__name__}: {e}") from e
 

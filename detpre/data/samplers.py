@@ -10,6 +10,7 @@ uninterrupted run mapped from iteration ``i`` on.
 """
 import contextlib
 import itertools
+import logging
 import random
 
 import numpy as np
@@ -117,72 +118,139 @@ class SeededMapDataset(Dataset):
 
 class IdentityBalancedSampler(ResumableTrainingSampler):
     """
-    SpCL's domain-adaptive batches in the resumable stream: every per-process batch of
-    ``batch_size`` holds ``batch_size // 2`` source images, P identities x ``num_instances`` each
-    (SpCL's ``RandomMultipleGallerySampler``: identities in a random order, K images of each,
-    drawn with replacement when an identity has fewer), then as many target images at random
-    (shuffled epochs). Batches are numbered globally and process ``r`` takes batches
-    ``r, r + W, ...``; a sample's position is ``batch * batch_size + slot``, which seeds its
-    mapping as in ``ResumableTrainingSampler`` (``start`` counts per-process samples).
+    SpCL's batches (the official ``RandomMultipleGallerySampler`` behind an ``IterLoader`` that
+    is rebuilt every epoch) in the resumable stream. Each iteration's batch over all processes
+    is W x ``batch_size``: W x ``batch_size // 2`` source images, then the rest target images
+    (all target without a source domain: unsupervised SpCL); process ``r`` takes the r-th slice
+    of each part, so what an iteration sees does not depend on W (the official code runs one
+    process). Each domain is a stream of passes. A pass visits every identity (source: its label;
+    target: its pseudo-label of ``set_target_labels``) in random order and emits an anchor image
+    and ``num_instances - 1`` companions from the anchor's OTHER cameras (from its other images
+    when it has one camera), drawn without replacement only when there are at least
+    ``num_instances`` of them, as the official code does; an identity of one image (a target
+    outlier, which the official pseudo-labelled set makes a class of its own) emits that image
+    alone. A batch part is the next chunk of its stream; the tail of a pass shorter than a
+    chunk is dropped (the official ``drop_last``; passes shorter than a chunk are joined).
+    Training is cut into epochs of ``epoch_length`` iterations (SpCL's epoch: one clustering,
+    ``MODEL.SPCL.CLUSTER_PERIOD``; 0 = one endless epoch): both streams restart at an epoch,
+    seeded by (seed, epoch, domain), and its target passes use the labels set when the loader
+    starts (``ClusterRefresh`` sets them and restarts the loader after every clustering). A
+    batch is thus a function of (seed, iteration, the epoch's labels), so a resumed run draws
+    what the uninterrupted one drew. A sample's position, which seeds its mapping as in
+    ``ResumableTrainingSampler``, is ``(iteration * W + r) * batch_size + slot``.
     detectron2's loader deals samples round-robin to its ``num_workers`` workers, each batching
     its own share: the samples of ``num_workers`` consecutive batches are emitted interleaved so
     that each worker receives one whole batch, and the loader yields them in order.
-    ``source_pids``: (dataset index, identity) pairs; ``target_indices``: dataset indices.
+
+    Args:
+        source: ``(dataset index, identity[, camera])`` per source image (may be empty).
+        target: ``(dataset index, label slot[, camera])`` per target image, or dataset indices
+            (slot = position); ``set_target_labels`` gives one label per slot.
+        batch_size: images per process and iteration.
     """
 
-    def __init__(self, source_pids, target_indices, batch_size, num_instances=4, seed=None,
-                 num_workers=0):
-        source_pids = {int(i): int(p) for i, p in source_pids}
-        target = [int(i) for i in target_indices]
-        half = batch_size // 2
-        if not source_pids or not target or half < 1 or half % num_instances:
+    def __init__(self, source, target, batch_size, num_instances=4, seed=None, num_workers=0,
+                 epoch_length=0):
+        source = [(int(e[0]), int(e[1]), e[2] if len(e) > 2 else 0) for e in source]
+        target = [(int(e), k, 0) if np.ndim(e) == 0 else
+                  (int(e[0]), int(e[1]), e[2] if len(e) > 2 else 0) for k, e in enumerate(target)]
+        if not target or batch_size < 2 or num_instances < 1:
             raise ValueError(
-                f"IdentityBalancedSampler: needs source and target images and a per-GPU batch "
-                f"({batch_size}) whose half is a multiple of MODEL.SPCL.NUM_INSTANCES ({num_instances})")
-        super().__init__(len(source_pids) + len(target), shuffle=True, seed=seed)
-        self.batch_size, self.num_instances, self.half = int(batch_size), int(num_instances), half
+                f"IdentityBalancedSampler: needs target images, a per-process batch of at least "
+                f"2 (got {batch_size}) and MODEL.SPCL.NUM_INSTANCES >= 1 (got {num_instances})")
+        super().__init__(len(source) + len(target), shuffle=True, seed=seed)
+        self.batch_size, self.num_instances = int(batch_size), int(num_instances)
         self.num_workers = max(1, int(num_workers))
-        by_pid = {}
-        for i, p in sorted(source_pids.items()):
-            by_pid.setdefault(p, []).append(i)
-        self._pids = sorted(by_pid)
-        self._by_pid = [by_pid[p] for p in self._pids]
+        self.epoch_length = max(0, int(epoch_length))
+        self.source_share = self.batch_size // 2 if source else 0  # per process
         self._target = target
+        self._source_groups = self._group((i, p, c) for i, p, c in source)
+        self.set_target_labels(np.arange(max(t[1] for t in target) + 1))  # all singletons
+        for name, n in (("source", self.source_share), ("target", self.batch_size - self.source_share)):
+            if n and (n * self._world) % self.num_instances:
+                logging.getLogger(__name__).warning(
+                    "IdentityBalancedSampler: %d %s images per iteration are not a multiple of "
+                    "MODEL.SPCL.NUM_INSTANCES=%d: identities straddle batches", n * self._world,
+                    name, self.num_instances)
 
-    def _source_stream(self, g):
-        k = self.num_instances
-        while True:
-            for p in torch.randperm(len(self._pids), generator=g).tolist():
-                members = self._by_pid[p]
-                if len(members) >= k:
-                    pick = torch.randperm(len(members), generator=g)[:k].tolist()
-                else:
-                    pick = torch.randint(len(members), (k,), generator=g).tolist()
-                yield from (members[j] for j in pick)
+    @staticmethod
+    def _group(items):
+        """[(dataset indices, cameras)] per identity, identities in sorted order."""
+        by_id = {}
+        for i, ident, cam in items:
+            by_id.setdefault(ident, ([], []))
+            by_id[ident][0].append(i)
+            by_id[ident][1].append(cam)
+        return [by_id[k] for k in sorted(by_id)]
 
-    def _target_stream(self, g):
-        while True:
-            for j in torch.randperm(len(self._target), generator=g).tolist():
-                yield self._target[j]
+    def set_target_labels(self, labels):
+        """Target classes = equal ``labels[slot]`` (the current pseudo-labels); a negative label
+        (un-clustered) is a class of its own, as the official pseudo-labelled data set makes
+        every outlier. Epochs the loader starts after this call sample by these classes."""
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        slots = [t[1] for t in self._target]
+        if max(slots) >= len(labels):
+            raise ValueError(f"{len(labels)} target labels for label slots up to {max(slots)}")
+        top = int(labels.max()) + 1 if len(labels) else 0
+        self._target_groups = self._group(
+            (i, int(labels[k]) if labels[k] >= 0 else top + k, c) for i, k, c in self._target)
 
-    def _batches(self):
-        gs, gt = torch.Generator(), torch.Generator()
-        gs.manual_seed(self.seed)
-        gt.manual_seed(self.seed + 1)
-        src, tgt = self._source_stream(gs), self._target_stream(gt)
-        n_t = self.batch_size - self.half
+    def _one_pass(self, groups, rng):
+        """One ``RandomMultipleGallerySampler`` pass over ``groups``."""
+        k, out = self.num_instances, []
+        for g in rng.permutation(len(groups)).tolist():
+            members, cams = groups[g]
+            a = int(rng.integers(len(members)))
+            out.append(members[a])
+            if k == 1 or len(members) == 1:
+                continue  # a single image: the anchor alone
+            pool = ([j for j, c in enumerate(cams) if c != cams[a]]
+                    or [j for j in range(len(members)) if j != a])
+            pick = rng.choice(len(pool), k - 1, replace=len(pool) < k)
+            out.extend(members[pool[j]] for j in pick.tolist())
+        return out
+
+    def _chunks(self, groups, n, rng):
+        buf = []
         while True:
-            yield ([next(src) for _ in range(self.half)] + [next(tgt) for _ in range(n_t)])
+            p = self._one_pass(groups, rng)
+            if len(p) >= n:  # drop_last
+                yield from (p[s:s + n] for s in range(0, len(p) - n + 1, n))
+                continue
+            buf.extend(p)  # a pass shorter than a chunk: join passes
+            while len(buf) >= n:
+                yield buf[:n]
+                del buf[:n]
+
+    def _iterations(self, first):
+        """(iteration, source part, target part) of the global batches from ``first`` on."""
+        length, n_s = self.epoch_length, self.source_share * self._world
+        n_t = self.batch_size * self._world - n_s
+        epoch = first // length if length else 0
+        it = epoch * length
+        while True:
+            def rng(domain, epoch=epoch):
+                return np.random.default_rng([self.seed, epoch, domain])
+
+            src = self._chunks(self._source_groups, n_s, rng(0)) if n_s else None
+            tgt = self._chunks(self._target_groups, n_t, rng(1))
+            end = it + length if length else None
+            while end is None or it < end:
+                parts = next(src) if src is not None else [], next(tgt)
+                if it >= first:
+                    yield (it, *parts)
+                it += 1
+            epoch += 1
 
     def __iter__(self):
-        first_batch, skip = divmod(self.start, self.batch_size)
+        first, skip = divmod(self.start, self.batch_size)
         if skip:
             raise ValueError(f"resume at {self.start} samples: not a whole number of batches "
                              f"of {self.batch_size}")
-        batches = itertools.islice(self._batches(), first_batch * self._world + self._rank, None,
-                                   self._world)
-        numbered = ((((first_batch + b) * self._world + self._rank), batch)
-                    for b, batch in enumerate(batches))
+        r, w, ns = self._rank, self._world, self.source_share
+        nt = self.batch_size - ns
+        numbered = ((it * w + r, s[r * ns:(r + 1) * ns] + t[r * nt:(r + 1) * nt])
+                    for it, s, t in self._iterations(first))
         while True:
             group = list(itertools.islice(numbered, self.num_workers))
             for slot in range(self.batch_size):

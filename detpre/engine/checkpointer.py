@@ -4,16 +4,23 @@ checkpoint behind and never loads weights silently wrong.
 
 - every save (periodic and final) goes to a temporary name that is renamed when complete, and
   ``last_checkpoint`` is updated (atomically) after it; a kill mid-save leaves the previous state;
+  a save that fails (full disk: torch's "unexpected pos") is a one-line ``DetpreError`` naming the
+  folder, its free space and the checkpoint that is kept;
 - ``--resume`` loads the newest checkpoint that loads, saying which newer ones it skipped;
 - ``MODEL.WEIGHTS``: a missing file or one that is not a checkpoint is a ``DetpreError`` naming
   it; a pretrained part (backbone, FPN, FPN top block, RPN, box head) that loads only in part is an
   error unless ``MODEL.WEIGHTS_STRICT`` is off (then a warning), with the coverage per part.
   A detectron2 detector with another number of anchors per location fills only the RPN's conv,
   so it needs ``MODEL.WEIGHTS_STRICT False`` (its objectness and delta layers then start random).
+- every file is read without running code from it (``detpre.utils.safe_load``): ``.pkl`` weights
+  hold numpy arrays, ``.pth`` / ``.pyth`` tensors; a file that needs more is refused naming
+  ``DETPRE_TRUSTED_FILES``, also on ``--resume`` (a refused checkpoint is not skipped as broken).
 """
+import errno
 import glob
 import logging
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -22,6 +29,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detpre.errors import DetpreError
 from detpre.utils.checkpoint_io import checkpoint_candidates, read_checkpoint
 from detpre.utils.io import atomic_open, write_bytes_atomic
+from detpre.utils.safe_load import UntrustedFileError, load_pickle, load_torch
 
 __all__ = ["DetpreCheckpointer", "weights_coverage", "READABLE_FORMATS", "MAX_MISSING_SHARE"]
 
@@ -60,6 +68,36 @@ def weights_coverage(model_keys, missing_keys, incorrect_shapes):
     return out
 
 
+def _os_error(e):
+    """The first ``OSError`` in ``e``'s chain (``__cause__`` / ``__context__``), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _save_failed(save_file, err):
+    """One line for a checkpoint that could not be written: why, the free space, what to do."""
+    folder = os.path.dirname(os.path.abspath(save_file))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    try:
+        with open(os.path.join(folder, "last_checkpoint")) as f:
+            kept = f"the previous checkpoint {os.path.join(folder, f.read().strip())} is kept"
+    except OSError:
+        kept = "no earlier checkpoint"
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    todo = ("free space on that disk (or move OUTPUT_DIR to one with room)" if full
+            else "fix the folder (permissions, mount)")
+    return (f"cannot write checkpoint {save_file}: {err.strerror or err} ({free}); {kept}; "
+            f"{todo}, then resume with --resume")
+
+
 class DetpreCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, weights_strict=True, **kwargs):
         super().__init__(model, save_dir, **kwargs)
@@ -77,9 +115,15 @@ class DetpreCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        with atomic_open(save_file, "wb") as f:
-            torch.save(data, f)
-        self.tag_last_checkpoint(basename)
+        try:
+            with atomic_open(save_file, "wb") as f:
+                torch.save(data, f)
+            self.tag_last_checkpoint(basename)
+        except Exception as e:  # torch reports a full disk as "unexpected pos", the OSError in its chain
+            err = _os_error(e)
+            if err is None:
+                raise
+            raise DetpreError(_save_failed(save_file, err)) from e
         self._resolved = (save_file, None)
 
     def tag_last_checkpoint(self, last_filename_basename):
@@ -105,6 +149,8 @@ class DetpreCheckpointer(DetectionCheckpointer):
         for path in checkpoint_candidates(self.save_dir, self._tagged()):
             try:
                 data = read_checkpoint(path)
+            except UntrustedFileError:  # not broken: skipping it would restart the run
+                raise
             except Exception as e:
                 skipped.append(f"{os.path.basename(path)} ({type(e).__name__}: {e})")
                 continue
@@ -139,7 +185,9 @@ class DetpreCheckpointer(DetectionCheckpointer):
             data, self._resolved = self._resolved[1], (filename, None)  # verified while resolving
             return data
         try:
-            data = super()._load_file(filename)
+            data = self._read_file(filename)
+        except UntrustedFileError:
+            raise
         except Exception as e:
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             raise DetpreError(f"{filename} is not a checkpoint detpre can read ({type(e).__name__}: "
@@ -152,6 +200,25 @@ class DetpreCheckpointer(DetectionCheckpointer):
             raise DetpreError(f"{filename} is not a checkpoint: entry {bad[0]!r} is a "
                               f"{type(model[bad[0]]).__name__}, not a weight array; {READABLE_FORMATS}")
         return data
+
+    def _read_file(self, filename):
+        """detectron2's ``DetectionCheckpointer._load_file`` (model-zoo, Caffe2 and pycls layouts)
+        with its ``pickle.load`` / ``torch.load`` replaced by the safe readers."""
+        if filename.endswith(".pkl"):
+            data = load_pickle(filename, kind="weights .pkl")
+            if "model" in data and "__author__" in data:  # detectron2 model zoo
+                self.logger.info("Reading a file from '%s'", data["__author__"])
+                return data
+            if "blobs" in data:  # Caffe2 / Detectron1 detection models; ImageNet ones have none
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        data = load_torch(filename, kind="checkpoint")
+        if filename.endswith(".pyth"):  # pycls
+            assert "model_state" in data, "pycls checkpoints must contain 'model_state'"
+            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return data if "model" in data else {"model": data}
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)

@@ -1,6 +1,8 @@
 """What ``tools/train_net.py`` runs in each process: set-up, then train or evaluate."""
 import logging
 import os
+import shlex
+import sys
 import tempfile
 
 from detectron2.engine import default_setup
@@ -15,9 +17,12 @@ from detpre.utils.checkpoint_io import checkpoint_candidates
 
 from . import self_training  # noqa: F401  (registers SelfTrainingTrainer)
 from .checkpointer import DetpreCheckpointer
+from .guard import TrainingInterrupted, lock_output_dir
+from .launch import detect_environment
 from .trainer import Trainer
 
-__all__ = ["setup", "main", "check_output_dir", "check_weights", "trainer_class"]
+__all__ = ["setup", "main", "check_output_dir", "check_weights", "trainer_class", "lock_output_dir",
+           "resume_command"]
 
 
 def check_output_dir(path):
@@ -44,11 +49,31 @@ def check_weights(cfg, resume):
                       "a detectron2:// model-zoo path, or MODEL.WEIGHTS '' for random init")
 
 
-def setup(args):
-    """Config from ``--config-file`` + ``opts``, detectron2's default set-up, data sets registered."""
-    cfg = get_detpre_cfg(args.config_file, args.opts)
-    cfg.freeze()
-    check_output_dir(cfg.OUTPUT_DIR)
+def resume_command(args, argv=None, environ=None):
+    """The command line that continues this run: ``argv`` (default ``sys.argv``) with ``--resume``
+    (before the ``KEY VALUE`` overrides, which take the rest of the line), under the launcher that
+    started it (torchrun on one machine: its process count; else its options as they were)."""
+    argv = list(sys.argv if argv is None else argv)
+    if not args.resume:
+        argv.insert(1, "--resume")
+    environ = os.environ if environ is None else environ
+    dist = detect_environment(environ, getattr(args, "launcher", "auto"))
+    if dist is None:
+        return shlex.join([sys.executable, *argv])
+    if dist.launcher == "torchrun":
+        local = environ.get("LOCAL_WORLD_SIZE", "")
+        options = f"--nproc_per_node {local}" if local == str(dist.world_size) else "<its options as before>"
+        return f"torchrun {options} {shlex.join(argv)}"
+    return f"srun <its options as before> {shlex.join([sys.executable, *argv])}"
+
+
+def setup(args, cfg=None):
+    """Config from ``--config-file`` + ``opts`` (or ``cfg``), detectron2's default set-up (writes
+    config.yaml and log.txt to OUTPUT_DIR: ``main`` locks it first), data sets registered."""
+    if cfg is None:
+        cfg = get_detpre_cfg(args.config_file, args.opts)
+        cfg.freeze()
+        check_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     register_from_config(cfg)
     return cfg
@@ -64,7 +89,14 @@ def trainer_class(cfg):
 
 
 def main(args, trainer_cls=None):
-    cfg = setup(args)
+    cfg = get_detpre_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
+    with lock_output_dir(cfg.OUTPUT_DIR, "evaluation" if args.eval_only else "training"):
+        return _run(setup(args, cfg), args, trainer_cls)
+
+
+def _run(cfg, args, trainer_cls):
     check_weights(cfg, args.resume)
     trainer_cls = trainer_cls or trainer_class(cfg)
     if args.eval_only:
@@ -80,4 +112,8 @@ def main(args, trainer_cls=None):
         return res
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.resume_command = resume_command(args)
+    try:
+        return trainer.train()
+    except TrainingInterrupted:  # the trainer saved a checkpoint and printed how to resume
+        sys.exit(130)

@@ -50,8 +50,9 @@ class MomentumUpdate(HookBase):
             )
         if self.trainer.iter == self.trainer.start_iter == 0:
             # a fresh run: MODEL.WEIGHTS filled only the online network; start the target equal
-            # to it, as BYOL/MoCo do (a resumed run keeps its checkpointed target)
-            target.copy_from(unwrap_model(self.trainer.model))
+            # to it, as BYOL/MoCo do, unless it is a network of its own (Fast-MoCo's
+            # TARGET_INIT "random"); a resumed run keeps its checkpointed target
+            target.start(unwrap_model(self.trainer.model))
 
     def after_step(self):
         # the step just taken was iteration `iter`; the schedule uses the count done so far

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from detpre._compat import write_metrics
 from detpre.data.self_training import build_self_training_loader
 from detpre.registry import TRAINER_REGISTRY
 
@@ -130,7 +131,7 @@ class SelfTrainingStep(AMPStep):
 
         metrics = {k: v.detach() * w_h for k, v in loss_h.items()}
         metrics.update({f"pseudo_{k}": v.detach() * w_p for k, v in loss_p.items()})
-        self.write_metrics(metrics, data_time)  # total_loss = the optimized objective
+        write_metrics(metrics, data_time, self.iter)  # total_loss = the optimized objective
         if comm.is_main_process():
             get_event_storage().put_scalars(
                 st_loss_labeled=total_h.item(), st_loss_pseudo=total_p.item(),

@@ -4,7 +4,9 @@ class centroids from the mean feature of each identity, target instance features
 ``period`` iterations it clusters the target entries (k-reciprocal Jaccard on a sparse k-NN
 graph, DBSCAN, reliability criterion) and writes the pseudo-labels into the memory. The memory
 (features and labels) is a model buffer and the independence threshold is hook state, so a
-resumed run continues with the clustering it had.
+resumed run continues with the clustering it had. With the P x K loader
+(``IdentityBalancedSampler``) the hook hands it the new labels and restarts it at the next
+iteration, as the official code builds a new target loader after every clustering.
 """
 import logging
 
@@ -17,9 +19,11 @@ from detectron2.data.samplers import InferenceSampler
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from detpre._compat import replace_data_loader_iter
 from detpre.clustering import self_paced_cluster, sparse_jaccard_distance
 from detpre.data.datasets.reid import reid_memory_layout
 from detpre.data.mappers.reid import ReIDMapper
+from detpre.data.samplers import IdentityBalancedSampler
 from detpre.registry import HOOK_REGISTRY
 
 from .hooks import unwrap_model
@@ -161,13 +165,31 @@ class ClusterRefresh(HookBase):
                     stats["kept"], stats["outliers"], len(labels), stats["indep_thresh"])
         return stats
 
+    def follow_labels(self, memory, start_iter):
+        """Give the train loader's P x K sampler the memory's target labels and restart the loader
+        at ``start_iter``: batches drawn ahead (loader workers prefetch) with the old labels are
+        dropped, so iteration ``start_iter`` on samples by the new ones, resumed or not. A loader
+        without that sampler (random batches) is left alone."""
+        step = getattr(self.trainer, "_trainer", self.trainer)  # DefaultTrainer -> SimpleTrainer
+        loader = getattr(step, "data_loader", None)
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, IdentityBalancedSampler):
+            return
+        sampler.set_target_labels((memory.labels[memory.num_source:] - memory.num_source).cpu().numpy())
+        loader.set_start_iter(start_iter)
+        old = replace_data_loader_iter(step, iter(loader))
+        if hasattr(old, "close"):  # ends the old loader's worker processes now
+            old.close()
+
     def before_train(self):
         _, memory = self._model()
         if self.trainer.iter == 0 or not bool(memory.initialized):
             self.initialize()
             self.refresh()
+        self.follow_labels(memory, self.trainer.iter)  # resumed: the checkpoint's labels
 
     def after_step(self):
         nxt = self.trainer.iter + 1
         if self.period > 0 and nxt % self.period == 0 and nxt < self.trainer.max_iter:
             self.refresh()
+            self.follow_labels(self._model()[1], nxt)

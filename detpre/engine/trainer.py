@@ -1,8 +1,12 @@
 """
 ``Trainer``: detectron2's DefaultTrainer with the loader, optimizer, hooks and evaluators picked
-from detpre's config keys. Only ``build_*`` classmethods are overridden.
+from detpre's config keys (the ``build_*`` classmethods). Beyond those it wraps the inner step in
+``AMPStep`` (SOLVER.AMP on any device), checkpoints atomically with the optimizer state, scales
+detpre's iteration keys with the world size and resumes the data stream where a run stopped.
 """
 import os
+import shlex
+import sys
 import weakref
 
 from detectron2.engine import DefaultTrainer, hooks
@@ -13,11 +17,12 @@ from detpre.data.transforms.batched_views import maybe_gpu_augment
 from detpre.evaluation import build_evaluator
 from detpre.method import declared_hooks
 from detpre.registry import HOOK_REGISTRY
-from detpre.solver import build_optimizer
+from detpre.solver import build_lr_scheduler, build_optimizer
 from detpre.utils.checkpoint_io import is_finished
 
 from .amp import AMPStep, MixedPrecision
 from .checkpointer import DetpreCheckpointer
+from .guard import StopOnInterrupt, StopRequested, TrainingInterrupted, lock_output_dir
 from .writer import TimedPeriodicWriter
 
 __all__ = ["Trainer"]
@@ -36,6 +41,18 @@ class _RunInfo:
         pass
 
 
+def _without_amp(cfg):
+    if not cfg.SOLVER.AMP.ENABLED:
+        return cfg
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = False
+    if frozen:
+        cfg.freeze()
+    return cfg
+
+
 class Trainer(DefaultTrainer):
     # detpre's schedule keys counted in iterations: scaled with MAX_ITER by auto_scale_workers
     ITERATION_KEYS = ("MODEL.SPCL.CLUSTER_PERIOD", "MODEL.JIGSAW.ERF_PERIOD",
@@ -44,9 +61,12 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         # DefaultTrainer calls DefaultTrainer.auto_scale_workers, which misses detpre's keys;
         # on the scaled config its own call is a no-op (REFERENCE_WORLD_SIZE = world size)
-        super().__init__(self.auto_scale_workers(cfg, comm.get_world_size()))
-        cfg = self.cfg
-        if cfg.SOLVER.AMP.ENABLED:  # v0.6's AMPTrainer is CUDA- and float16-only
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        # DefaultTrainer builds the plain SimpleTrainer, which AMPStep then wraps: detectron2's
+        # AMPTrainer is CUDA- and float16-only and makes the deprecated torch.cuda.amp.GradScaler
+        super().__init__(_without_amp(cfg))
+        self.cfg = cfg
+        if cfg.SOLVER.AMP.ENABLED:
             base = self._trainer
             self._trainer = AMPStep(base.model, base.data_loader, base.optimizer,
                                     MixedPrecision.from_config(cfg))
@@ -93,13 +113,33 @@ class Trainer(DefaultTrainer):
             loader.set_start_iter(self.start_iter)
 
     def train(self):
-        ret = super().train()
-        if self.start_iter >= self.max_iter and comm.is_main_process() and \
-                not is_finished(self.cfg.OUTPUT_DIR):
-            # resumed from the last periodic checkpoint of a run killed while writing
-            # model_final.pth: nothing left to train, but "finished" needs that file
-            self.iter = self.max_iter - 1
-            self.checkpointer.save("model_final", iteration=self.iter)
+        """
+        detectron2's loop, holding OUTPUT_DIR's lock (``guard.lock_output_dir``). On Ctrl-C the
+        step in progress finishes, its checkpoint is saved (main process) and the command that
+        resumes printed as one line; then ``TrainingInterrupted`` (``tools/train_net.py`` exits 130).
+        """
+        if getattr(self, "_stop_hook", None) is None:
+            self._stop_hook = StopOnInterrupt()
+            self.register_hooks([self._stop_hook])  # last: after the step's checkpoint and writes
+        with lock_output_dir(self.cfg.OUTPUT_DIR):
+            try:
+                ret = super().train()
+            except StopRequested:
+                done = self.iter  # every hook of this iteration ran
+                if comm.is_main_process():
+                    self.checkpointer.save(f"model_{done:07d}", iteration=done)
+                    path = os.path.join(self.cfg.OUTPUT_DIR, f"model_{done:07d}.pth")
+                    # a trainer of tools/train_net.py knows its command; a job (self_train.py) resumes when rerun
+                    cmd = getattr(self, "resume_command", None) or shlex.join([sys.executable, *sys.argv])
+                    print(f"detpre: interrupted after iteration {done + 1}/{self.max_iter}; saved {path}; "
+                          f"resume with: {cmd}", file=sys.stderr, flush=True)
+                raise TrainingInterrupted() from None
+            if self.start_iter >= self.max_iter and comm.is_main_process() and \
+                    not is_finished(self.cfg.OUTPUT_DIR):
+                # resumed from the last periodic checkpoint of a run killed while writing
+                # model_final.pth: nothing left to train, but "finished" needs that file
+                self.iter = self.max_iter - 1
+                self.checkpointer.save("model_final", iteration=self.iter)
         return ret
 
     # detectron2 v0.6's DefaultTrainer checkpoints no optimizer state (later versions do): without
@@ -125,6 +165,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # detectron2's, plus "WarmupThenCosineLR" and fixed-LR groups (detpre.solver.lr_scheduler)
+        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

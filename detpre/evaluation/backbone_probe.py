@@ -6,7 +6,6 @@ ground-truth boxes. Features: the global-average-pooled last ResNet stage. Share
 """
 import logging
 import os
-import pickle
 
 import cv2
 import numpy as np
@@ -18,6 +17,7 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import BoxMode
 
 from detpre.checkpoint import export_weights, load_detpre_checkpoint
+from detpre.utils.safe_load import UntrustedFileError, load_pickle
 
 from .feature_dimension import feature_dimension
 
@@ -62,16 +62,18 @@ def extract_crops(dataset_dicts, size=64, min_box=8, image_format="RGB", dataset
 def read_backbone_weights(path, use_target=False):
     """
     ResNet weights (keys without ``backbone.bottom_up.``) from a detectron2-format ``.pkl``
-    (tools/convert_pretrained.py's export, or any model-zoo file) or a detpre checkpoint ``.pth``.
+    (tools/convert_pretrained.py's export, or any model-zoo file) or a detpre checkpoint ``.pth``,
+    read without running code from it (``detpre.utils.safe_load``).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file (pass a .pkl export or a detpre .pth checkpoint)")
     if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            try:
-                data = pickle.load(f, encoding="latin1")
-            except Exception as e:
-                raise ValueError(f"{path}: not a readable pickle ({e})") from e
+        try:
+            data = load_pickle(path, kind="weights .pkl")
+        except UntrustedFileError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable pickle ({e})") from e
         state = data.get("model", data) if isinstance(data, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"{path}: expected a detectron2 model-zoo dict with a 'model' entry")

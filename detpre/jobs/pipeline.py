@@ -2,7 +2,8 @@
 The one pipeline behind the demo, the transfer benchmark and self-training: prerequisites of a
 pretraining config (proposals; Jigsaw's trainer extracts its samples itself; both under the job's
 output dir) -> pretrain -> export (checked against the fine-tuning detector) -> probe the exported
-backbone -> fine-tune from each init with S seeds -> AP on DATASETS.TEST.
+backbone -> fine-tune from each init with S seeds -> AP on DATASETS.TEST. A user's own weights
+(ImageNet, COCO) enter at the export's place: ``import_weights``.
 """
 import os
 import threading
@@ -10,10 +11,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detpre.checkpoint import export_checked, save_model_zoo_file
 from detpre.config import get_detpre_cfg
+from detpre.errors import DetpreError
+from detpre.utils.io import read_json, write_json_atomic
 
 from .runner import final_evaluation, metrics_records, repo_path, run_logged, say, tool_command, train
 
-__all__ = ["prerequisite_opts", "ensure_prerequisites", "pretrain", "export", "probe", "finetune"]
+__all__ = ["prerequisite_opts", "ensure_prerequisites", "pretrain", "export", "import_weights", "probe", "finetune"]
 
 
 def prerequisite_opts(config: str, out_dir: str) -> List[str]:
@@ -70,18 +73,49 @@ def export(checkpoint: str, path: str, finetune_config: str,
     return path, report
 
 
+def import_weights(source: str, path: str, finetune_config: str, finetune_opts: Sequence[str] = (),
+                   opts: Sequence[str] = ()) -> Tuple[str, Dict[str, Any]]:
+    """
+    A user's weights file (a ``detpre.interop.weights`` format) as the model-zoo file ``path``, under
+    the names of ``finetune_config``'s detector and checked against it (``import_checked``). Returns
+    ``(path, info)``; ``info["opts"]``: the overrides every run from it needs (its format's layout,
+    then ``opts``). Reused while ``source`` is the same file; refused when it changed, since the
+    finished runs next to it started from the old one.
+    """
+    from detpre.interop.weights import file_sha256, import_checked
+
+    stamp = os.path.splitext(path)[0] + ".json"
+    sha = file_sha256(source) if os.path.isfile(source) else None
+    info = read_json(stamp)
+    if info and os.path.isfile(path):
+        if sha is not None and info.get("sha256") != sha:
+            raise DetpreError(
+                f"{source}: not the file {path} was imported from ({info.get('source')}), and runs next to it "
+                f"may have started from that one; delete {os.path.dirname(path)} or use another name")
+        return path, info
+    weights, info = import_checked(source, repo_path(finetune_config), finetune_opts, opts)
+    info.update(source=os.path.abspath(source), sha256=sha)
+    save_model_zoo_file(weights, path, author=f"detpre import of {os.path.basename(source)} ({info['format']})")
+    write_json_atomic(stamp, info, indent=1)
+    say(f"[import] {path}: {info['format']} weights fill {info['filled']} keys, {info['random_init']} stay random"
+        + (f"; runs add {' '.join(info['opts'])}" if info["opts"] else ""))
+    return path, info
+
+
 _PROBE_LOCK = threading.Lock()  # probes run in this process: one at a time (data set registration)
 
 
-def probe(weights: str, config: str, train_dataset: str, test_dataset: str) -> Dict[str, Any]:
-    """kNN and linear-probe top-1 of the backbone in ``weights`` ("" = random) on object crops."""
+def probe(weights: str, config: str, train_dataset: str, test_dataset: str,
+          opts: Sequence[str] = ()) -> Dict[str, Any]:
+    """kNN and linear-probe top-1 of the backbone in ``weights`` ("" = random) on object crops,
+    with the ResNet and input of ``config`` + ``opts``."""
     import torch
     from detectron2.data import DatasetCatalog
 
     from detpre.data.datasets import register_from_config
     from detpre.evaluation.backbone_probe import evaluate_backbone
 
-    cfg = get_detpre_cfg(repo_path(config))
+    cfg = get_detpre_cfg(repo_path(config), [str(o) for o in opts])
     with _PROBE_LOCK, torch.no_grad():
         register_from_config(cfg)
         return evaluate_backbone(cfg, weights, DatasetCatalog.get(train_dataset),

@@ -3,10 +3,18 @@ The job runner: each step runs the command a user would type in a subprocess, ap
 output to a log, prints a progress line (iteration/total, ETA) at least every ``PROGRESS_S``
 seconds, is skipped when its output is finished and resumes (``--resume``) when it was killed.
 Tools and configs are found relative to the package, so a job runs from any directory.
+
+A step never outlives its job: it runs in a process group of its own (the command and its data
+loader workers), which the runner ends when the job is interrupted (Ctrl-C, SIGTERM: SIGINT first,
+so a training saves a checkpoint, SIGKILL after ``STOP_GRACE_S``), and on Linux the step gets
+SIGKILL when the runner dies, kill -9 included (``PR_SET_PDEATHSIG``).
 """
+import contextlib
+import ctypes
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,12 +26,15 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 from detpre.utils.checkpoint_io import is_finished
 
 __all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "run_graph", "is_finished",
-           "final_evaluation", "evaluate_weights",
-           "train", "metrics_records", "final_metrics", "PROGRESS_S"]
+           "final_evaluation", "evaluate_weights", "end_steps",
+           "train", "metrics_records", "final_metrics", "PROGRESS_S", "STOP_GRACE_S"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRESS_S = 20.0
+STOP_GRACE_S = 20.0  # a training interrupted by SIGINT finishes its step and saves a checkpoint
 _PRINT_LOCK = threading.Lock()
+_STEPS = {}  # Popen -> label: the steps this process runs now, in every thread
+_STEPS_LOCK = threading.Lock()
 _D2_LINE = re.compile(r"eta: (?P<eta>\S+)\s+iter: (?P<iter>\d+)\s+total_loss: (?P<loss>\S+)")
 
 
@@ -46,13 +57,125 @@ def say(msg: str) -> None:
         print(msg, flush=True)
 
 
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PDEATHSIG_ARGS = tuple(ctypes.c_ulong(v) for v in (1, int(signal.SIGKILL), 0, 0, 0))  # PR_SET_PDEATHSIG
+
+
+def _dies_with_runner():
+    """``preexec_fn`` (Linux): SIGKILL to the step when the thread that started it ends, i.e. the
+    runner dies (run_logged's thread waits for the step while it runs); a runner that died before
+    the call is seen by the step's parent pid changing. Arguments are built before the fork."""
+    if _PRCTL is None:
+        return None
+    runner = os.getpid()
+
+    def preexec():
+        _PRCTL(*_PDEATHSIG_ARGS)
+        if os.getppid() != runner:
+            os._exit(137)
+    return preexec
+
+
+def _signal_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)  # the step's session: it and its data loader workers
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def end_steps(procs: Optional[Sequence[subprocess.Popen]] = None, grace: float = STOP_GRACE_S) -> None:
+    """
+    End ``procs`` (default: every step this process runs): SIGINT to each one's process group (a
+    training finishes its step and saves a checkpoint of it), SIGKILL to what is left after
+    ``grace`` seconds, or at once on a second Ctrl-C.
+    """
+    if procs is None:
+        with _STEPS_LOCK:
+            procs = list(_STEPS)
+    procs = [p for p in procs if p.poll() is None]
+    if not procs:
+        return
+    say(f"[runner] stopping {len(procs)} running step(s) (up to {grace:.0f}s for checkpoints; Ctrl-C again "
+        "to kill them now)")
+    try:
+        for p in procs:
+            _signal_group(p, signal.SIGINT)
+        deadline = time.time() + grace
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.0, deadline - time.time()))
+    finally:
+        for p in procs:
+            _signal_group(p, signal.SIGKILL)
+
+
+def _stop_and_drain(proc, log, label):
+    """``end_steps`` for one step whose output this thread reads: its last lines (the checkpoint
+    of a training, how to resume) still go to ``log`` while it stops."""
+    if proc.poll() is not None:
+        return
+    say(f"[{label}] stopping (up to {STOP_GRACE_S:.0f}s for a checkpoint; Ctrl-C again to kill it now)")
+    killer = threading.Timer(STOP_GRACE_S, _signal_group, (proc, signal.SIGKILL))
+    killer.daemon = True
+    killer.start()
+    try:
+        _signal_group(proc, signal.SIGINT)
+        with contextlib.suppress(Exception):  # e.g. the log's disk is full: stop writing it
+            for line in proc.stdout:
+                log.write(line)
+    finally:
+        killer.cancel()
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, turned into an exception so the runner ends its steps before it exits."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises ``SystemExit(143)`` in the main thread while the body runs (unless the
+    program handles SIGTERM itself), so the runner ends its steps like on Ctrl-C."""
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if installed:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _ends_steps_on_interrupt():
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        end_steps()
+        raise
+
+
 def run_logged(cmd: Sequence[Any], log: str, label: str = "", total_iter: Optional[int] = None,
                threads: Optional[int] = None) -> float:
     """
     Run ``cmd`` with its output appended to ``log``; print detectron2's progress as
     ``[label] iter i/total, eta`` at most every ``PROGRESS_S`` seconds. ``threads`` sets
     OMP_NUM_THREADS for the command (two parallel runs on 2 cores: 1 each). Returns seconds;
-    raises with the log's last lines when the command fails.
+    raises with the log's last lines when the command fails. The command runs in a session of
+    its own that ends with it, and with the job (module docstring).
     """
     cmd = [str(c) for c in cmd]
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
@@ -63,18 +186,29 @@ def run_logged(cmd: Sequence[Any], log: str, label: str = "", total_iter: Option
     shown = [c for c in (cmd[1:] if cmd[0] == sys.executable else cmd)]
     say(f"[{label}] $ {' '.join(os.path.relpath(c) if c.startswith(str(REPO_ROOT)) else c for c in shown)}")
     t0 = last = time.time()
-    with open(log, "a") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, bufsize=1)
-        for line in proc.stdout:
-            f.write(line)
-            m = _D2_LINE.search(line)
-            if m and time.time() - last >= 0.75 * PROGRESS_S:  # the trainer writes every ~20 s
-                last = time.time()
-                it = int(m["iter"]) + 1
-                of = f"/{total_iter}" if total_iter else ""
-                say(f"[{label}] iter {it}{of}, loss {m['loss']}, eta {m['eta']}, {last - t0:.0f}s so far")
-        rc = proc.wait()
+    with open(log, "a") as f, _sigterm_raises():
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, bufsize=1, start_new_session=True,
+                                preexec_fn=_dies_with_runner())
+        with _STEPS_LOCK:
+            _STEPS[proc] = label
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                m = _D2_LINE.search(line)
+                if m and time.time() - last >= 0.75 * PROGRESS_S:  # the trainer writes every ~20 s
+                    last = time.time()
+                    it = int(m["iter"]) + 1
+                    of = f"/{total_iter}" if total_iter else ""
+                    say(f"[{label}] iter {it}{of}, loss {m['loss']}, eta {m['eta']}, {last - t0:.0f}s so far")
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C / SIGTERM while this (main) thread waits, or the log failed
+            _stop_and_drain(proc, f, label)
+            raise
+        finally:
+            with _STEPS_LOCK:
+                del _STEPS[proc]
+            _signal_group(proc, signal.SIGKILL)  # what the step left behind (its workers)
     if rc != 0:
         with open(log) as f:
             tail = "".join(f.readlines()[-30:])
@@ -102,7 +236,8 @@ def run_graph(tasks: Dict[Hashable, Tuple[Callable[..., Any], Sequence[Hashable]
 
     done, running, failed = {}, {}, []
     pending = dict(tasks)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    # Ctrl-C / SIGTERM reach this (main) thread: the steps end before the pool waits for its threads
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, _sigterm_raises(), _ends_steps_on_interrupt():
         while pending or running:
             if not failed:
                 for key, (fn, deps) in list(pending.items()):

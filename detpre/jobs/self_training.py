@@ -36,6 +36,7 @@ from detpre.pseudo_labels import (
     teacher_box_ap,
 )
 from detpre.utils.io import atomic_open, write_json_atomic
+from detpre.utils.safe_load import load_torch
 
 from .runner import evaluate_weights, final_metrics, is_finished, repo_path
 
@@ -47,7 +48,7 @@ logger = logging.getLogger("detpre.self_training")
 
 def export_plain_checkpoint(checkpoint, path):
     """Only the model weights of a training checkpoint, as ``{"model": state_dict}`` (atomic)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = load_torch(checkpoint, kind="checkpoint")["model"]
     with atomic_open(path, "wb") as f:
         torch.save({"model": state, "__author__": "detpre self-training"}, f)
     return path

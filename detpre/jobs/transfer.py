@@ -4,20 +4,23 @@ pretrained (for its config's iterations, or for an equal wall-clock budget), exp
 (kNN / linear top-1 of its backbone on object crops: cheap and far less noisy than AP), and the
 fine-tuning config is trained from every init with S seeds. Rows give mean +- std of AP and the
 difference to random init paired by seed, with its 95% t-interval, and for box and mask AP an interval that
-also covers the sampling of the evaluation images (a bootstrap over them).
+also covers the sampling of the evaluation images (a bootstrap over them). Baselines (weights a user
+already has: ImageNet, COCO) are fine-tuned and compared the same way, without pretraining.
 """
 import math
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detpre.config import get_detpre_cfg
+from detpre.errors import DetpreError
 from detpre.utils.io import write_json_atomic
 
-from .pipeline import ensure_prerequisites, export, finetune, prerequisite_opts, pretrain, probe
+from .pipeline import ensure_prerequisites, export, finetune, import_weights, prerequisite_opts, pretrain, probe
 from .runner import repo_path, run_graph
 from .stats import ground_truth_json, image_interval, image_metrics, mean_std, paired_difference
 
-__all__ = ["Method", "schedule_opts", "calibrated_iters", "run_transfer", "METRICS"]
+__all__ = ["Method", "Baseline", "parse_baseline", "schedule_opts", "calibrated_iters", "run_transfer", "METRICS"]
 
 METRICS = (("box AP", "bbox/AP"), ("box AP50", "bbox/AP50"), ("mask AP", "segm/AP"))
 
@@ -32,6 +35,38 @@ class Method:
 
     def __repr__(self):
         return f"Method({self.name!r}, {self.config!r})"
+
+
+class Baseline:
+    """Weights a user already has (ImageNet, COCO; a ``detpre.interop.weights`` format) to compare
+    the methods with: fine-tuned with the same seeds, no pretraining. ``opts``: overrides its runs
+    need beyond the ones its format implies (``layout_opts``: torchvision's RGB input and strides)."""
+
+    def __init__(self, name: str, weights: str, opts: Sequence[Any] = ()):
+        self.name, self.weights, self.opts = name, os.path.abspath(weights), [str(o) for o in opts]
+
+    def __repr__(self):
+        return f"Baseline({self.name!r}, {self.weights!r})"
+
+
+_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
+
+
+def parse_baseline(spec: str) -> Baseline:
+    """``NAME=WEIGHTS`` (``--baseline``) as a Baseline; a bad form or a missing file is refused
+    with a message saying what to pass."""
+    from detpre.interop.weights import FORMATS_HELP
+
+    name, eq, path = spec.partition("=")
+    name, path = name.strip(), path.strip()
+    if not eq or not name or not path:
+        raise DetpreError(f"--baseline {spec!r}: expected NAME=WEIGHTS, e.g. imagenet=R-50.pkl")
+    if not _NAME.fullmatch(name) or name.lower().replace("_", " ") == "random init":
+        raise DetpreError(f"--baseline {spec!r}: the name {name!r} must be letters, digits and _.+- (it names the "
+                          "row and its run directory) and not 'random init'")
+    if not os.path.isfile(path):
+        raise DetpreError(f"--baseline {spec!r}: {path}: no such file; pass {FORMATS_HELP}")
+    return Baseline(name, path)
 
 
 def schedule_opts(cfg, iters: int) -> List[str]:
@@ -70,21 +105,40 @@ def _summary(runs, baseline):
     return out
 
 
+def _run_name(name: str, detector: str = "mask_rcnn") -> str:
+    """The fine-tuning directory of an init: its name, and what it transfers when not all of Mask R-CNN."""
+    run_name = name if detector == "mask_rcnn" or name.endswith(f"_{detector}") else f"{name}_{detector}"
+    return run_name.replace(" ", "_")
+
+
 def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: str, seeds: Sequence[int] = (0, 1, 2),
                  jobs: int = 2, finetune_opts: Sequence[str] = (), budget_s: Optional[float] = None,
                  probe_datasets: Optional[Tuple[str, str]] = None, calibration_iters: int = 20,
-                 image_samples: int = 400) -> Dict[str, Any]:
+                 image_samples: int = 400, baselines: Sequence[Baseline] = ()) -> Dict[str, Any]:
     """
     Run the benchmark into ``output_dir``; returns ``{"rows": [...], ...}`` (also written to
     ``output_dir/benchmark_transfer.json``). ``jobs`` runs go at once (one thread each when
     more than one); every finished step is reused, a killed one resumes. Box and mask AP's differences
     to random init also get an interval over seeds and `val` images (``image_samples`` resamples).
+    ``baselines`` are imported (read, checked against the fine-tuning detector) before any training.
     """
     threads = 1 if jobs > 1 else None
     seeds = [int(s) for s in seeds]
     ft_cfg = get_detpre_cfg(repo_path(finetune_config), finetune_opts)
     train_set, test_set = probe_datasets or (ft_cfg.DATASETS.TRAIN[0], ft_cfg.DATASETS.TEST[0])
+    detectors = {m.name: m.detector for m in methods}
+    run_names = ([_run_name("random init")] + [_run_name(m.name, m.detector) for m in methods]
+                 + [_run_name(b.name) for b in baselines])
+    clash = sorted({n for n in run_names if run_names.count(n) > 1})
+    if clash:
+        raise DetpreError(f"two inits would fine-tune into the same directory {clash}: give every method and "
+                          "baseline its own name")
     os.makedirs(output_dir, exist_ok=True)
+
+    # user weights first: a file that is not weights, or not of this detector, fails before any training
+    imported = {b.name: import_weights(b.weights, os.path.join(output_dir, "baselines", b.name, "weights.pkl"),
+                                       finetune_config, finetune_opts, b.opts) for b in baselines}
+    row_opts = {name: info["opts"] for name, (_, info) in imported.items()}
 
     # proposals: on the pretraining task's own core when cores are shared (random init starts
     # at once), else on every core before any training (the budget's calibration trains on them)
@@ -112,39 +166,41 @@ def run_transfer(methods: Sequence[Method], finetune_config: str, output_dir: st
                             os.path.join(output_dir, m.name, f"export_{m.detector}.pkl"), finetune_config, m.detector)
         return cost, weights
 
-    detectors = {m.name: m.detector for m in methods}
-
     def run_dir(name, seed):
-        det = detectors.get(name, "mask_rcnn")
-        run_name = name if det == "mask_rcnn" or name.endswith(f"_{det}") else f"{name}_{det}"
-        return os.path.join(output_dir, "finetune", run_name.replace(" ", "_"), f"seed{seed}")
+        return os.path.join(output_dir, "finetune", _run_name(name, detectors.get(name, "mask_rcnn")), f"seed{seed}")
+
+    def init_weights(name, pre):
+        """A pretraining's export, a baseline's imported file, or None (random init)."""
+        return imported[name][0] if name in imported else pre[1]
 
     def finetune_job(name, seed):
         def run(pre=(None, None)):
-            return finetune(finetune_config, run_dir(name, seed), pre[1], seed, finetune_opts,
-                            f"fine-tune {name} seed {seed}", threads)
+            return finetune(finetune_config, run_dir(name, seed), init_weights(name, pre), seed,
+                            [*finetune_opts, *row_opts.get(name, ())], f"fine-tune {name} seed {seed}", threads)
         return run
 
     # one graph: a core fine-tunes from random init while the other still pretrains; the probes
     # (in this process) fill a core that would otherwise wait for the last fine-tuning
     tasks = {("pre", m.name): (lambda m=m, o=opts: pretrain_and_export(m, o), ()) for m, opts in plans}
-    names = ["random init"] + [m.name for m in methods]
+    names = ["random init"] + [m.name for m in methods] + [b.name for b in baselines]
+    deps = {m.name: (("pre", m.name),) for m in methods}
     for s in seeds:
         for name in names:
-            deps = () if name == "random init" else (("pre", name),)
-            tasks[("ft", name, s)] = (finetune_job(name, s), deps)
+            tasks[("ft", name, s)] = (finetune_job(name, s), deps.get(name, ()))
     for name in names:
-        deps = () if name == "random init" else (("pre", name),)
-        tasks[("probe", name)] = (lambda pre=(None, None): probe(pre[1] or "", finetune_config, train_set, test_set),
-                                  deps)
+        tasks[("probe", name)] = (lambda pre=(None, None), name=name: probe(
+            init_weights(name, pre) or "", finetune_config, train_set, test_set,
+            [*finetune_opts, *row_opts.get(name, ())]), deps.get(name, ()))
     done = run_graph(tasks, jobs)
 
     rows = []
     for name in names:
-        cost, weights = done[("pre", name)] if name != "random init" else (None, None)
+        cost, weights = done[("pre", name)] if name in deps else (None, init_weights(name, (None, None)))
         rows.append({"init": name, "weights": weights, "pretrain": cost, "probe": done[("probe", name)],
                      "finetune": [done[("ft", name, s)][0] for s in seeds],
                      "finetune_s": [done[("ft", name, s)][1] for s in seeds]})
+        if name in imported:  # no pretraining: the user's file, its format and the overrides its runs had
+            rows[-1]["baseline"] = imported[name][1]
     baseline = rows[0]["finetune"]
     for r in rows:
         r["summary"] = _summary(r["finetune"], baseline)

@@ -20,15 +20,18 @@ class MLP(nn.Sequential):
     ``num_layers`` Linear layers, each hidden one followed by norm + ReLU:
     BYOL/SoCo use 2 layers (``in -> hidden -> out``); MoCo v3's projector ends in a BN without
     affine (``last_norm=True``), Fast-MoCo's in one with affine (``last_affine=True`` too).
+    A Linear followed by a norm has no bias; ``last_bias=False`` drops the last one's too (MoCo
+    v3's predictor: every Linear bias-free).
     """
 
     def __init__(self, in_dim, hidden_dim, out_dim, num_layers=2, norm="BN", last_norm=False,
-                 last_affine=False):
+                 last_affine=False, last_bias=True):
         layers = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         for i in range(num_layers):
             last = i == num_layers - 1
-            layers.append(nn.Linear(dims[i], dims[i + 1], bias=not (norm and (not last or last_norm))))
+            bias = not (norm and (not last or last_norm)) and (last_bias or not last)
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias))
             if not last:
                 bn = _norm1d(norm, dims[i + 1])
                 if bn is not None:

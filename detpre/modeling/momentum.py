@@ -20,11 +20,19 @@ class MomentumTarget(nn.Module):
     "projector")``). They never require grad; ``update`` moves them by
     ``t <- m * t + (1 - m) * o`` with one fused (foreach) op over all parameters.
     Buffers (BN statistics) are the target's own, as in BYOL/MoCo.
+
+    ``fresh``: {path: module} built on its own with the online part's structure, used instead of
+    a copy (``init == "random"``): Fast-MoCo's code starts its EMA encoder as a second, randomly
+    initialized network. ``start`` then leaves it as it is.
     """
 
-    def __init__(self, model, paths):
+    def __init__(self, model, paths, fresh=None):
         super().__init__()
         self.paths = tuple(paths)
+        fresh = dict(fresh or {})
+        if fresh and set(fresh) != set(self.paths):
+            raise ValueError(f"MomentumTarget: fresh modules for {sorted(fresh)}, paths {sorted(self.paths)}")
+        self.init = "random" if fresh else "copy"
         for path in self.paths:
             parent = self
             *parents, leaf = path.split(".")
@@ -32,8 +40,10 @@ class MomentumTarget(nn.Module):
                 if not hasattr(parent, name):
                     parent.add_module(name, nn.Module())
                 parent = getattr(parent, name)
-            parent.add_module(leaf, copy.deepcopy(model.get_submodule(path)))
+            parent.add_module(leaf, fresh[path] if fresh else copy.deepcopy(model.get_submodule(path)))
         self.requires_grad_(False)
+        if fresh:
+            self._pairs(model)  # same structure, or fail now
 
     def _pairs(self, model):
         online, target = [], []
@@ -50,6 +60,13 @@ class MomentumTarget(nn.Module):
         """``model`` is the online model (unwrapped from DDP); ``m`` the momentum in [0, 1]."""
         online, target = self._pairs(model)
         torch._foreach_lerp_(target, [p.detach() for p in online], 1.0 - m)
+
+    @torch.no_grad()
+    def start(self, model):
+        """Before a fresh run's first step: a "copy" target becomes the online network (e.g. after
+        ``MODEL.WEIGHTS`` loaded only the online keys), a "random" one keeps its own init."""
+        if self.init == "copy":
+            self.copy_from(model)
 
     @torch.no_grad()
     def copy_from(self, model):

@@ -10,6 +10,9 @@ images are unchanged. An unreadable image is left out, listed in ``<output>.erro
 the run goes on; its chunk is recomputed on the next run (the parts are kept for that), so a
 fixed image is labeled then. The final json is written to a temporary name and renamed; then
 the parts are removed (when no image failed). ``<output>.lock`` keeps a second writer out.
+A file name that is not UTF-8 (``os.fsdecode`` keeps its bytes as surrogates) is written as
+``\\udcXX`` escapes, which Python's json reads back to the same name and so the same file; the
+run says so, naming them by their bytes' repr, since other tools may not read them.
 """
 import contextlib
 import hashlib
@@ -25,6 +28,8 @@ from detectron2.data.build import trivial_batch_collator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detpre.data.image_io import printable_name, text_bytes
+from detpre.errors import writing
 from detpre.utils.io import output_lock, write_bytes_atomic
 
 from .coco import instances_to_annotations, write_compact_json
@@ -101,7 +106,7 @@ def _images_sha1(dicts, ids):
             size = os.path.getsize(d["file_name"])
         except OSError:
             size = -1
-        h.update(f"{i}\0{os.path.abspath(d['file_name'])}\0{size}\n".encode())
+        h.update(f"{i}\0{os.path.abspath(d['file_name'])}\0{size}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
 
@@ -151,7 +156,7 @@ def generate_pseudo_labels(model, dicts, output, *, mapper, categories, threshol
     info = dict(info or {})
     image_root = _image_root(dicts)
     info.update(image_root=image_root, score_thresholds=thresholds.tolist())
-    with output_lock(output, "pseudo-label json"):
+    with writing(output, "pseudo-label json"), output_lock(output, "pseudo-label json"):
         return _generate(model, dicts, output, mapper, categories, thresholds, category_ids,
                          batch_size, chunk_size, num_workers, with_masks, info, image_root,
                          progress, max_chunks)
@@ -187,7 +192,7 @@ def _generate(model, dicts, output, mapper, categories, thresholds, category_ids
             bar.update(1)
             if inst is None:
                 logger.warning("pseudo-labels: skipping unreadable image %s (%s)",
-                               inp["file_name"], inp[_UNREADABLE])
+                               printable_name(inp["file_name"]), inp[_UNREADABLE])
                 errors.append([inp["file_name"], inp[_UNREADABLE]])
                 continue
             rel = os.path.relpath(os.path.abspath(sub[j]["file_name"]), image_root).replace(os.sep, "/")
@@ -212,7 +217,7 @@ def _generate(model, dicts, output, mapper, categories, thresholds, category_ids
     write_compact_json(data, output)
     errors_file = output + ".errors.txt"
     if errors:
-        write_bytes_atomic(errors_file, "".join(f"{f}\t{r}\n" for f, r in errors).encode())
+        write_bytes_atomic(errors_file, text_bytes("".join(f"{f}\t{r}\n" for f, r in errors)))
         logger.warning("pseudo-labels: %d image(s) could not be read and are left out; listed in "
                        "%s. Fix or remove them and rerun the same command: only their chunks are "
                        "recomputed", len(errors), errors_file)
@@ -220,8 +225,14 @@ def _generate(model, dicts, output, mapper, categories, thresholds, category_ids
         if os.path.exists(errors_file):
             os.remove(errors_file)
         shutil.rmtree(parts, ignore_errors=True)
+    names = [i["file_name"] for i in data["images"]]
+    odd = [printable_name(n) for n in names if printable_name(n) != n]
+    if odd:
+        logger.warning("pseudo-labels: %d file name(s) are not UTF-8 (e.g. %s): %s keeps them as \\udcXX "
+                       "escapes, which Python's json reads back to the same files; rename them for other "
+                       "tools", len(odd), odd[0], output)
     summary = {"output": output, "image_root": image_root, "images": len(data["images"]),
-               "annotations": len(data["annotations"]), "errors": errors}
+               "annotations": len(data["annotations"]), "errors": errors, "non_utf8_names": odd}
     logger.info("pseudo-labels: %d boxes on %d images -> %s", summary["annotations"],
                 summary["images"], output)
     return summary

@@ -1,9 +1,14 @@
-"""``SOLVER.OPTIMIZER`` -> an optimizer; SGD stays exactly detectron2's."""
+"""
+``SOLVER.OPTIMIZER`` -> an optimizer; SGD stays exactly detectron2's. A model whose parameters
+must not follow the LR schedule says which by a method ``fixed_lr_parameters()`` (Fast-MoCo's
+predictor); they get groups of their own marked ``fixed_lr`` (see lr_scheduler.py).
+"""
 import torch
 from detectron2.solver import build_optimizer as d2_build_optimizer
 from detectron2.solver.build import maybe_add_gradient_clipping
 
 from .lars import LARS
+from .lr_scheduler import keep_lr_fixed
 from .paper_recipes import add_full_model_clipping, build_adam, wants_full_model_clipping
 
 _NORM_TYPES = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm,
@@ -40,12 +45,18 @@ def _lars_param_groups(cfg, model):
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    optimizer = _build_optimizer(cfg, model)
+    fixed = getattr(model, "fixed_lr_parameters", None)
+    return keep_lr_fixed(optimizer, fixed()) if callable(fixed) else optimizer
+
+
+def _build_optimizer(cfg, model):
     if wants_full_model_clipping(cfg):  # one global norm (Fast-MoCo), see paper_recipes.py
         clip = cfg.SOLVER.CLIP_GRADIENTS
         plain = cfg.clone()
         plain.defrost()
         plain.SOLVER.CLIP_GRADIENTS.ENABLED = False
-        return add_full_model_clipping(build_optimizer(plain, model), clip.CLIP_VALUE, clip.NORM_TYPE)
+        return add_full_model_clipping(_build_optimizer(plain, model), clip.CLIP_VALUE, clip.NORM_TYPE)
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
         return d2_build_optimizer(cfg, model)

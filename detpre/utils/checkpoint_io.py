@@ -1,11 +1,13 @@
 """
 Is a checkpoint file whole? ``checkpoint_problem`` loads it; ``is_finished`` is what "this run is
-done" means everywhere (``--resume``, job runners): a ``model_final.pth`` that loads.
+done" means everywhere (``--resume``, job runners): a ``model_final.pth`` that loads. Read with
+``safe_load.load_torch``: any ``model_*.pth`` in an output folder may have been put there by
+someone else, and finding out whether a run finished must not run code from it.
 """
 import os
 import re
 
-import torch
+from .safe_load import load_torch
 
 __all__ = ["read_checkpoint", "checkpoint_problem", "is_finished", "checkpoint_candidates"]
 
@@ -14,7 +16,7 @@ _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 
 def read_checkpoint(path):
     """The dict a detectron2 ``.pth`` checkpoint holds; raises when it is not one."""
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    data = load_torch(path, kind="checkpoint")
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ValueError("no 'model' state dict in it")
     return data

@@ -1,6 +1,9 @@
 """
 COCO-format data sets from ``DATASETS.COCO``: detectron2's ``load_coco_json`` after a check
 that turns a broken file into an error naming the file and the entry, not a deep KeyError.
+Images stay inside ``image_root``: a ``file_name`` that is absolute, climbs out with ``..`` or is
+a symlink (or lies in a symlinked folder) leading outside is refused unless
+``DATASETS.ALLOW_OUTSIDE_ROOT`` -- a json from elsewhere must not read arbitrary files silently.
 """
 import json
 import math
@@ -9,9 +12,11 @@ from numbers import Number
 
 from detectron2.data.datasets import load_coco_json
 
+from detpre.errors import DetpreError, DetpreFileNotFoundError
+
 from .catalog import register_once
 
-__all__ = ["register_coco", "validate_coco_json", "load_checked_coco_json"]
+__all__ = ["register_coco", "validate_coco_json", "load_checked_coco_json", "check_inside_root"]
 
 
 def _short(entry, limit=200):
@@ -25,19 +30,19 @@ def _is_number(v):
 
 def validate_coco_json(json_file):
     """
-    Read ``json_file`` and check the parts detectron2 relies on; raise ValueError naming the
-    file and the first offending entry. Returns the parsed dict.
+    Read ``json_file`` and check the parts detectron2 relies on; raise ``DetpreError`` (one line)
+    naming the file and the first offending entry. Returns the parsed dict.
     """
     def fail(what, entry=None):
-        where = f"\n  offending entry: {_short(entry)}" if entry is not None else ""
-        raise ValueError(f"COCO json {json_file}: {what}.{where}\n"
-                         "Fix the file (see datasets/README.md for the expected format).")
+        where = f"; offending entry: {_short(entry)}" if entry is not None else ""
+        raise DetpreError(f"COCO json {json_file}: {what}{where}. "
+                          "Fix the file (see datasets/README.md for the expected format).")
 
     try:
         with open(json_file) as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"COCO json {json_file} cannot be read as JSON: {e}") from e
+        raise DetpreError(f"COCO json {json_file} cannot be read as JSON: {e}") from e
     if not isinstance(data, dict):
         fail("the top level must be an object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):
@@ -89,28 +94,69 @@ def validate_coco_json(json_file):
     return data
 
 
-def load_checked_coco_json(json_file, image_root, dataset_name):
-    """``validate_coco_json`` then detectron2's ``load_coco_json``."""
-    validate_coco_json(json_file)
+def _inside(path, root):
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_inside_root(data, json_file, image_root):
+    """Raise ``DetpreError`` naming the json, the entry and ``DATASETS.ALLOW_OUTSIDE_ROOT`` if an
+    image's ``file_name`` leads outside ``image_root``: absolute, ``..``, or a symlink (of the file
+    or of a folder under the root) whose target is outside. One ``lstat`` per image; the real path
+    of each folder once."""
+    root = os.path.realpath(image_root)
+    folder_ok = {}
+    for i, img in enumerate(data["images"]):
+        name = img["file_name"]
+        rel = os.path.normpath(name)
+        if os.path.isabs(name):
+            if _inside(os.path.realpath(name), root):
+                continue  # an absolute path into the root itself
+            why = "is an absolute path outside"
+        elif rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            why = "climbs with '..' out of"
+        else:
+            folder = os.path.dirname(rel)
+            if folder not in folder_ok:
+                folder_ok[folder] = _inside(os.path.realpath(os.path.join(image_root, folder)), root)
+            path = os.path.join(image_root, rel)
+            if not folder_ok[folder]:
+                why = "lies in a symlinked folder outside"
+            elif os.path.islink(path) and not _inside(os.path.realpath(path), root):
+                why = "is a symlink to a file outside"
+            else:
+                continue
+        raise DetpreError(
+            f"COCO json {json_file}: images[{i}] (id {img.get('id')!r}) file_name {name!r} {why} "
+            f"image_root {image_root}; fix the json or image_root, or set DATASETS.ALLOW_OUTSIDE_ROOT "
+            "True if that json is trusted to name files anywhere")
+
+
+def load_checked_coco_json(json_file, image_root, dataset_name, allow_outside_root=False):
+    """``validate_coco_json``, ``check_inside_root`` (unless allowed), detectron2's ``load_coco_json``."""
+    data = validate_coco_json(json_file)
+    if not allow_outside_root:
+        check_inside_root(data, json_file, image_root)
     return load_coco_json(json_file, image_root, dataset_name)
 
 
-def register_coco(name, json_file, image_root, source="DATASETS.COCO"):
+def register_coco(name, json_file, image_root, source="DATASETS.COCO", allow_outside_root=False):
     """
     Like detectron2's ``register_coco_instances`` (evaluator_type "coco"), but missing paths
-    fail here, naming ``source`` (the config key), and a broken json fails clearly on load.
+    fail here, naming ``source`` (the config key), and a broken json, or one naming files
+    outside ``image_root`` (unless ``allow_outside_root``), fails clearly on load.
     """
     json_file = os.path.expanduser(str(json_file))
     image_root = os.path.expanduser(str(image_root))
     for what, path, is_ok in (("json_file", json_file, os.path.isfile),
                               ("image_root", image_root, os.path.isdir)):
         if not is_ok(path):
-            raise FileNotFoundError(
+            raise DetpreFileNotFoundError(
                 f"{source}: {what} of data set {name!r} not found: {path}. "
                 "Fix the path in the config or put the data there (see datasets/README.md); "
                 "relative paths are relative to the working directory.")
+    allow_outside_root = bool(allow_outside_root)
     return register_once(
-        name, ("coco", json_file, image_root),
-        lambda: load_checked_coco_json(json_file, image_root, name),
+        name, ("coco", json_file, image_root, allow_outside_root),
+        lambda: load_checked_coco_json(json_file, image_root, name, allow_outside_root),
         json_file=json_file, image_root=image_root, evaluator_type="coco",
     )

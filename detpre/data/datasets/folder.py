@@ -6,6 +6,8 @@ images are added) and no "annotations"; images are not opened here, the mapper r
 """
 import os
 
+from detpre.errors import DetpreFileNotFoundError
+
 from .catalog import register_once
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image_folder", "register_image_folder"]
@@ -38,7 +40,7 @@ def _has_image(image_dir):
 
 
 def _empty_error(source, name, image_dir):
-    return FileNotFoundError(
+    return DetpreFileNotFoundError(
         f"{source}: data set {name!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) under "
         f"{image_dir}. Put images there or fix the path in the config.")
 
@@ -55,7 +57,7 @@ def register_image_folder(name, image_dir, source="DATASETS.FOLDER"):
     """Register an image folder; a missing or image-less folder fails here."""
     image_dir = os.path.expanduser(str(image_dir))
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(
+        raise DetpreFileNotFoundError(
             f"{source}: image folder of data set {name!r} not found: {image_dir}. "
             "Fix the path in the config (relative paths are relative to the working directory).")
     if not _has_image(image_dir):

@@ -3,6 +3,8 @@
 DATASETS.VOC, DATASETS.FOLDER, the re-ID keys) and the demos, so a user's own data needs no Python.
 Called by the entry points after the config is built, never at import time.
 """
+from detpre.errors import DetpreError
+
 from .coco import register_coco
 from .demo import demo_root, register_demo
 from .folder import register_image_folder
@@ -19,7 +21,7 @@ def _entries(cfg, key, lengths, form):
         source = f"DATASETS.{key}[{i}]"
         if (not isinstance(item, (list, tuple)) or len(item) not in lengths
                 or not all(isinstance(v, str) and v for v in item)):
-            raise ValueError(f"{source} = {item!r}: expected {form} (non-empty strings)")
+            raise DetpreError(f"{source} = {item!r}: expected {form} (non-empty strings); fix it in the config")
         out.append((source, list(item)))
     return out
 
@@ -28,7 +30,8 @@ def register_from_config(cfg):
     """Register the config's data sets and the demo; safe to call again with the same config."""
     for source, (name, json_file, image_root) in _entries(
             cfg, "COCO", (3,), "[name, json_file, image_root]"):
-        register_coco(name, json_file, image_root, source=source)
+        register_coco(name, json_file, image_root, source=source,
+                      allow_outside_root=cfg.DATASETS.get("ALLOW_OUTSIDE_ROOT", False))
     for source, item in _entries(
             cfg, "VOC", (3, 4), '[name, voc_dir, split] or [name, voc_dir, split, "cls1,cls2"]'):
         classes = VOC_CLASS_NAMES

@@ -13,6 +13,8 @@ import xml.etree.ElementTree as ET
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.structures import BoxMode
 
+from detpre.errors import DetpreError, DetpreFileNotFoundError
+
 from .catalog import register_once
 
 __all__ = ["VOC_CLASS_NAMES", "load_voc", "register_voc", "guess_voc_year"]
@@ -31,7 +33,7 @@ def _split_file(dirname, split):
 def _text(tree, path, xml_file):
     node = tree.find(path)
     if node is None or node.text is None:
-        raise ValueError(f"VOC annotation {xml_file} has no <{path}>; fix or remove the file")
+        raise DetpreError(f"VOC annotation {xml_file} has no <{path}>; fix or remove the file")
     return node.text.strip()
 
 
@@ -47,11 +49,12 @@ def load_voc(dirname, split, class_names):
         try:
             tree = ET.parse(xml_file)
         except FileNotFoundError:
-            raise FileNotFoundError(
-                f"VOC annotation {xml_file} (listed in {_split_file(dirname, split)}) is missing"
+            raise DetpreFileNotFoundError(
+                f"VOC annotation {xml_file} (listed in {_split_file(dirname, split)}) is missing; "
+                "restore it or remove its line from that split file"
             ) from None
         except ET.ParseError as e:
-            raise ValueError(f"VOC annotation {xml_file} is not valid XML: {e}") from e
+            raise DetpreError(f"VOC annotation {xml_file} is not valid XML: {e}; fix or remove the file") from e
         record = {
             "file_name": os.path.join(dirname, "JPEGImages", fileid + ".jpg"),
             "image_id": fileid,
@@ -62,7 +65,7 @@ def load_voc(dirname, split, class_names):
         for obj in tree.findall("object"):
             cls = _text(obj, "name", xml_file)
             if cls not in index:
-                raise ValueError(
+                raise DetpreError(
                     f"VOC annotation {xml_file} has an object of class {cls!r}, which is not in "
                     f"the class list {class_names}. Give the data set's classes as the 4th item "
                     "of its DATASETS.VOC entry: [name, voc_dir, split, \"cls1,cls2,...\"].")
@@ -82,13 +85,13 @@ def register_voc(name, dirname, split, class_names=VOC_CLASS_NAMES, source="DATA
     dirname = os.path.expanduser(str(dirname))
     class_names = tuple(class_names)
     if not class_names or len(set(class_names)) != len(class_names):
-        raise ValueError(f"{source}: data set {name!r} needs distinct class names, "
+        raise DetpreError(f"{source}: data set {name!r} needs distinct class names, "
                          f"got {list(class_names)}")
     for path, is_ok in ((os.path.join(dirname, "Annotations"), os.path.isdir),
                         (os.path.join(dirname, "JPEGImages"), os.path.isdir),
                         (_split_file(dirname, split), os.path.isfile)):
         if not is_ok(path):
-            raise FileNotFoundError(
+            raise DetpreFileNotFoundError(
                 f"{source}: data set {name!r}: {path} not found. A VOC directory holds "
                 "Annotations/, JPEGImages/ and ImageSets/Main/<split>.txt; fix the path or "
                 "split in the config (see datasets/README.md).")

@@ -1,12 +1,20 @@
 """
-``SoCoMapper``: SoCo's views of one image and the same K proposals in each.
+``SoCoMapper``: SoCo's views of one image and K proposals in each.
 
 V1 is the whole image resized to VIEW_SIZE; V2 a random crop (area fraction CROP_SCALE of the
-image) resized to VIEW_SIZE; V3 the same crop at SMALL_VIEW_SIZE (V2 downsampled); SoCo*'s V4
-another random crop at EXTRA_VIEW_SIZE. The crops are taken from the original pixels (the same
-region as cropping V1, without resampling twice). A proposal is kept when at least MIN_VISIBLE
-of its area lies inside every crop; it is clipped to the region all views share, so index k
-shows the same image content in every view. V1's boxes may then be jittered. Each view gets its
+image) resized to VIEW_SIZE. Which crops V3 (SMALL_VIEW_SIZE) and SoCo*'s V4 (EXTRA_VIEW_SIZE)
+are, ``INPUT.SOCO.VIEWS``:
+
+- "official" (SoCo's code, ``contrast/data/dataset.py``): the last view (V3, or SoCo*'s V4) is a
+  random crop of its own with K proposals of its own; SoCo*'s V3 is V2's crop. The loss pairs V1
+  with each view, and V1 holds one box set per proposal set (jittered separately): the pair
+  (V1, V2) and the pair (V1, own crop) see different objects.
+- "paper": V3 is V2's crop, V4 another random crop, and every view shows the same K proposals.
+
+The crops are taken from the original pixels (the same region as cropping V1, without
+resampling twice). A proposal is kept when at least MIN_VISIBLE of its area lies inside every
+crop of its set; it is clipped to the region those views share, so index k shows the same image
+content in V1 and every view of its set. V1's boxes may then be jittered. Each view gets its
 own BYOL augmentations (V1: BYOL's view 1; the others: BYOL's view 2, as SoCo's code) with its
 own random flip, applied to the boxes too. With CUTOUT_PROB > 0, V2 and V3 then get SoCo's box
 cutout (its code's ``RandomCutoutInBbox``): a square erased inside each box with that probability,
@@ -115,7 +123,9 @@ class SoCoMapper:
     """
     Dataset dict (with ``proposal_boxes`` from a detectron2 proposal file) -> the dict without
     annotations/proposals, plus ``"views"`` (uint8 CHW tensors in ``image_format``: V1, V2, V3
-    [, V4]) and ``"view_boxes"`` (one (K, 4) float32 XYXY tensor per view, proposal k = row k).
+    [, V4]) and ``"view_boxes"`` (one (K, 4) float32 XYXY tensor per view, proposal k = row k;
+    V1's are those of V2's set). With a view of its own proposals ("official"), also
+    ``"pair_boxes"``: {view index: V1's (K, 4) boxes of that view's proposals}.
     """
 
     @configurable
@@ -123,12 +133,23 @@ class SoCoMapper:
                  crop_ratio=(3.0 / 4.0, 4.0 / 3.0), num_proposals=4, min_visible=0.5, min_box_size=8,
                  max_tries=10, jitter_prob=0.5, jitter_ratio=0.1, random_proposals=32,
                  view_augmentations=None, image_format="BGR", cutout_prob=0.0,
-                 cutout_ratio=(0.1, 0.3), cutout_fill=(0, 0, 0)):
+                 cutout_ratio=(0.1, 0.3), cutout_fill=(0, 0, 0), views="official"):
         """``view_augmentations``: one list of detectron2 augmentations per view (after the
-        crop/resize); default BYOL's view 1 for V1 and view 2 for the others."""
+        crop/resize); default BYOL's view 1 for V1 and view 2 for the others. ``views``:
+        "official" or "paper" (``INPUT.SOCO.VIEWS``)."""
         if num_proposals < 1 or not 0 < min_visible <= 1 or max_tries < 1:
             raise ValueError("INPUT.SOCO: NUM_PROPOSALS >= 1, 0 < MIN_VISIBLE <= 1, MAX_TRIES >= 1 required")
+        if views not in ("official", "paper"):
+            raise ValueError(f"INPUT.SOCO.VIEWS={views!r}: use 'official' or 'paper'")
         self.sizes = [view_size, view_size, small_view_size] + ([extra_view_size] if extra_view_size else [])
+        n = len(self.sizes)
+        # per view: its crop (0 = the whole image, 1 = V2's, 2 = a crop of its own) and its
+        # proposal set (0 = V2's, 1 = its own)
+        if views == "paper":
+            self.crop_ids, self.set_ids = [0, 1, 1, 2][:n], [0] * n
+        else:
+            self.crop_ids, self.set_ids = [0] + [1] * (n - 2) + [2], [0] * (n - 1) + [1]
+        self.views = views
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.num_proposals, self.min_visible, self.min_box_size = num_proposals, min_visible, min_box_size
         self.max_tries, self.random_proposals = max_tries, random_proposals
@@ -170,7 +191,7 @@ class SoCoMapper:
             "random_proposals": c.RANDOM_PROPOSALS, "view_augmentations": augs, "image_format": fmt,
             "cutout_prob": c.CUTOUT_PROB, "cutout_ratio": c.CUTOUT_RATIO,
             # PIXEL_MEAN is in INPUT.FORMAT's channel order, as the views are
-            "cutout_fill": cfg.MODEL.PIXEL_MEAN,
+            "cutout_fill": cfg.MODEL.PIXEL_MEAN, "views": c.VIEWS,
         }
 
     def proposals(self, d, h, w):
@@ -190,50 +211,69 @@ class SoCoMapper:
             boxes = random_boxes(h, w, self.random_proposals)
         return boxes
 
-    def geometry(self, proposals, h, w):
-        """Per-view crops (original pixels; V1 = whole image) and the K shared clipped boxes."""
+    def set_geometry(self, proposals, h, w, views):
+        """One proposal set: the crops of ``views`` (view indices, V1 = 0 among them; original
+        pixels) and the K clipped boxes they all show."""
+        ids = list(dict.fromkeys(self.crop_ids[v] for v in views if self.crop_ids[v]))  # in order
+        sizes = [self.sizes[v] for v in views]
         best = (None, -1, None)
         for _ in range(self.max_tries):
-            crop2 = sample_crop(h, w, self.crop_scale, self.crop_ratio)
-            crops = [(0, 0, w, h), crop2, crop2]
-            if len(self.sizes) == 4:
-                crops.append(sample_crop(h, w, self.crop_scale, self.crop_ratio))
+            drawn = {0: (0, 0, w, h), **{i: sample_crop(h, w, self.crop_scale, self.crop_ratio) for i in ids}}
+            crops = [drawn[self.crop_ids[v]] for v in views]
             region = (max(c[0] for c in crops), max(c[1] for c in crops),
                       min(c[2] for c in crops), min(c[3] for c in crops))
             if region[2] - region[0] < 1 or region[3] - region[1] < 1:
                 continue
             # original pixels per view pixel, worst view: a box must be min_box_size in every view
-            min_side = (self.min_box_size * max((c[2] - c[0]) / s for c, s in zip(crops, self.sizes)),
-                        self.min_box_size * max((c[3] - c[1]) / s for c, s in zip(crops, self.sizes)))
+            min_side = (self.min_box_size * max((c[2] - c[0]) / s for c, s in zip(crops, sizes)),
+                        self.min_box_size * max((c[3] - c[1]) / s for c, s in zip(crops, sizes)))
             boxes, n = select_proposals(proposals, region, self.num_proposals, self.min_visible, min_side)
             if n > best[1]:
-                best = (crops, n, boxes if boxes is not None else region)
+                best = (drawn, n, boxes if boxes is not None else region)
             if n >= self.num_proposals:
                 break
-        crops, n, boxes = best
-        if crops is None:  # crops never overlapped (SoCo* with tiny crops): V4 = V2's crop
-            crops = [(0, 0, w, h), crop2, crop2] + ([crop2] if len(self.sizes) == 4 else [])
-            n = 0
+        drawn, n, boxes = best
+        if drawn is None:  # crops never overlapped (SoCo* with tiny crops): all are the first one
+            drawn, n = {0: (0, 0, w, h), **{i: crops[1] for i in ids}}, 0
+        crops = {self.crop_ids[v]: drawn[self.crop_ids[v]] for v in views}
         if n == 0:  # nothing qualifies: the shared region itself is the object (SoCo's fallback)
-            r = (max(c[0] for c in crops), max(c[1] for c in crops),
-                 min(c[2] for c in crops), min(c[3] for c in crops))
+            r = (max(c[0] for c in crops.values()), max(c[1] for c in crops.values()),
+                 min(c[2] for c in crops.values()), min(c[3] for c in crops.values()))
             boxes = np.tile(np.array(r, dtype=np.float32), (self.num_proposals, 1))
         return crops, boxes
+
+    def geometry(self, proposals, h, w):
+        """Per-view crops (original pixels; V1 = whole image) and the K clipped boxes of each
+        proposal set (V2's first)."""
+        crops, sets = {}, []
+        for s in sorted(set(self.set_ids)):
+            views = [0] + [v for v in range(1, len(self.sizes)) if self.set_ids[v] == s]
+            c, boxes = self.set_geometry(proposals, h, w, views)
+            crops.update(c)
+            sets.append(boxes)
+        return [crops[i] for i in self.crop_ids], sets
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
         image = read_image(d["file_name"], format=self.image_format)
         utils.check_image_size(d, image)
         h, w = image.shape[:2]
-        crops, boxes = self.geometry(self.proposals(d, h, w), h, w)
-        views, view_boxes = [], []
+        crops, sets = self.geometry(self.proposals(d, h, w), h, w)
+        K = self.num_proposals
+        views, view_boxes, v1_sets = [], [], None
         for v, ((x0, y0, x1, y1), size) in enumerate(zip(crops, self.sizes)):
-            b = jitter_boxes(boxes, self.jitter_prob, self.jitter_ratio, h, w) if v == 0 else boxes
+            if v == 0:  # V1 shows every set, each jittered on its own (SoCo's code)
+                b = np.concatenate([jitter_boxes(s, self.jitter_prob, self.jitter_ratio, h, w) for s in sets])
+            else:
+                b = sets[self.set_ids[v]]
             geo = T.TransformList([T.CropTransform(x0, y0, x1 - x0, y1 - y0),
                                    T.ResizeTransform(y1 - y0, x1 - x0, size, size)])
             aug_input = T.AugInput(geo.apply_image(image), boxes=geo.apply_box(b))
             self.view_augs[v](aug_input)
             vb = np.clip(aug_input.boxes, 0, size).astype(np.float32)
+            if v == 0:
+                v1_sets = [torch.as_tensor(vb[i * K:(i + 1) * K]) for i in range(len(sets))]
+                vb = vb[:K]
             img = aug_input.image
             if self.cutout_prob > 0 and v in (1, 2):  # V2, V3
                 img = np.array(img)
@@ -244,4 +284,6 @@ class SoCoMapper:
                   "proposal_bbox_mode"):
             d.pop(k, None)
         d["views"], d["view_boxes"] = views, view_boxes
+        if len(sets) > 1:
+            d["pair_boxes"] = {v: v1_sets[s] for v, s in enumerate(self.set_ids) if v and s}
         return d

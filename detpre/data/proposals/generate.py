@@ -6,21 +6,28 @@ Per image: read it as detectron2's mapper does (``read_image``, EXIF-rotated RGB
 backend, map the boxes back to original pixels, apply SoCo's filter there. Images are spread
 over a process pool; results stream to chunk files (memory does not grow with the number of
 images) and a killed run resumes where it stopped. An unreadable image is reported and gets
-no proposals. ``shard=(i, N)`` takes the i-th of N contiguous slices of the records. The output
-is locked while written (``<output>.lock``): a second run on it stops with a message. The file
-carries each image's fingerprint (``image_fingerprint``) for training to check it against.
+no proposals; every image without proposals (unreadable, or no box passed the filter) is listed
+in ``<output>.errors.txt``, the file training's zero-proposal warning points to. File names need
+not be UTF-8: they are kept as ``os.fsdecode`` gives them (the pickle round-trips them) and
+printed as their bytes' repr. ``shard=(i, N)`` takes the i-th of N contiguous slices of the
+records. The output is locked while written (``<output>.lock``): a second run on it stops with a
+message. The file carries each image's fingerprint (``image_fingerprint``) for training to check
+it against.
 """
+import json
 import logging
 import os
 
 import cv2
 import numpy as np
 
+from detpre.data.image_io import printable_name, text_bytes
+from detpre.errors import DetpreError, writing
 from detpre.utils.io import output_lock, write_bytes_atomic
 
 from .backends import build_backend
 from .filtering import ProposalFilter
-from .proposal_file import PartStore, image_fingerprint, write_proposal_file
+from .proposal_file import PartStore, image_fingerprint, proposal_meta, write_proposal_file
 
 __all__ = ["compute_proposals", "generate_proposals", "shard_range", "resize_for_proposals", "read_rgb"]
 
@@ -105,8 +112,10 @@ def generate_proposals(records, output, backend="detpre", backend_kwargs=None,
                        shard=(0, 1), chunk_size=256, progress=True, overwrite=False):
     """Write detectron2's proposal file for ``records`` (dataset dicts or image paths).
 
-    Returns a dict: ``num_images``, ``errors`` [(file, reason)], ``output``, ``skipped``
-    (True when ``output`` existed and ``overwrite`` is False).
+    Returns a dict: ``num_images``, ``errors`` [(file, reason)] of the unreadable images,
+    ``no_proposals`` (images left without a box, unreadable ones included), ``output``,
+    ``skipped`` (True when ``output`` existed and ``overwrite`` is False). A full disk or an
+    unwritable folder raises ``DetpreError`` naming the file.
     """
     output = os.fspath(output)
     backend_kwargs = dict(backend_kwargs or {})
@@ -114,19 +123,38 @@ def generate_proposals(records, output, backend="detpre", backend_kwargs=None,
     total = len(items)
     start, stop = shard_range(total, tuple(shard))
     items = items[start:stop]
-    if os.path.exists(output) and not overwrite:
-        logger.warning(f"{output} exists; delete it (or pass overwrite) to regenerate")
-        return {"num_images": len(items), "errors": [], "output": output, "skipped": True}
-    with output_lock(output, "proposal file"):
-        return _generate(items, total, output, backend, backend_kwargs, proposal_size,
-                         proposal_filter, workers, shard, chunk_size, progress)
-
-
-def _generate(items, total, output, backend, backend_kwargs, proposal_size, proposal_filter,
-              workers, shard, chunk_size, progress):
     settings = dict(backend=build_backend(backend, **backend_kwargs).params,
                     proposal_size=int(proposal_size),
                     filter=proposal_filter.params() if proposal_filter is not None else None)
+    if os.path.exists(output) and not overwrite:
+        _check_existing(output, dict(settings=settings, shard=list(shard), num_images=total))
+        return {"num_images": len(items), "errors": [], "no_proposals": 0, "output": output, "skipped": True}
+    with writing(output, "proposal file"), output_lock(output, "proposal file"):
+        return _generate(items, total, output, settings, (backend, backend_kwargs, int(proposal_size),
+                                                          proposal_filter), workers, shard, chunk_size, progress)
+
+
+def _check_existing(output, wanted):
+    """An existing ``output`` is reused only when it was made with these settings, for this
+    data set's size and shard; else a rerun with other settings would train on the old boxes."""
+    meta = proposal_meta(output)
+    if meta is None:
+        logger.warning(f"{output} exists and records no settings (an older detpre or another tool "
+                       "wrote it): reusing it; pass overwrite to regenerate")
+        return
+    differ = sorted(k for k, v in wanted.items() if json.loads(json.dumps(v)) != meta.get(k))
+    if differ:
+        raise DetpreError(
+            f"{output} exists but was made with other {', '.join(differ)} ({_brief(meta, differ)} there, "
+            f"{_brief(wanted, differ)} now); pass --overwrite to regenerate it, or write to another --output")
+    logger.info(f"{output} exists with these settings: reusing it (--overwrite regenerates it)")
+
+
+def _brief(d, keys):
+    return "; ".join(f"{k} {json.dumps(d.get(k), sort_keys=True)}" for k in keys)
+
+
+def _generate(items, total, output, settings, init_args, workers, shard, chunk_size, progress):
     spec = dict(settings=settings, shard=list(shard), num_images=total, chunk_size=chunk_size,
                 ids=_id_digest(items))
     store = PartStore(output)
@@ -136,7 +164,6 @@ def _generate(items, total, output, backend, backend_kwargs, proposal_size, prop
     todo = [(c, image_id, fn) for c in range(n_chunks) if c not in done
             for image_id, fn in items[c * chunk_size:(c + 1) * chunk_size]]
 
-    init_args = (backend, backend_kwargs, int(proposal_size), proposal_filter)
     workers = os.cpu_count() if workers is None else int(workers)
     bar = None
     if progress:
@@ -149,7 +176,7 @@ def _generate(items, total, output, backend, backend_kwargs, proposal_size, prop
     def collect(result):
         c, image_id, boxes, err = result
         if err is not None:
-            logger.warning(f"no proposals for {err[0]}: {err[1]}")
+            logger.warning(f"no proposals for {printable_name(err[0])}: {err[1]}")
         pending.setdefault(c, []).append((image_id, boxes, err))
         size = min(chunk_size, len(items) - c * chunk_size)
         if len(pending[c]) == size:
@@ -185,13 +212,20 @@ def _generate(items, total, output, backend, backend_kwargs, proposal_size, prop
                 images=[prints[i] for i in ids])
     write_proposal_file(output, ids, boxes, meta)
     errors_file = output + ".errors.txt"
-    if errors:
-        write_bytes_atomic(errors_file, "".join(f"{f}\t{r}\n" for f, r in errors).encode())
-        logger.warning(f"{len(errors)} image(s) could not be read; listed in {errors_file}")
+    unread = {f for f, _ in errors}
+    files = dict(items)
+    empty = [(files[i], "no box passed the filter") for i, b in zip(ids, boxes)
+             if len(b) == 0 and files[i] not in unread]
+    if errors or empty:
+        lines = "".join(f"{f}\t{r}\n" for f, r in list(errors) + empty)
+        write_bytes_atomic(errors_file, text_bytes(lines))  # the names' own bytes, any encoding
+        logger.warning(f"{len(errors)} image(s) could not be read, {len(empty)} more got no proposal "
+                       f"through the filter; listed in {errors_file}")
     elif os.path.exists(errors_file):
         os.remove(errors_file)
     store.remove()
-    return {"num_images": len(ids), "errors": errors, "output": output, "skipped": False}
+    return {"num_images": len(ids), "errors": errors, "no_proposals": len(errors) + len(empty),
+            "output": output, "skipped": False}
 
 
 def _id_digest(items):
@@ -199,5 +233,5 @@ def _id_digest(items):
 
     h = hashlib.sha1()
     for image_id, fn in items:
-        h.update(f"{image_id}\0{fn}\n".encode())
+        h.update(f"{image_id}\0{fn}\n".encode("utf-8", "surrogatepass"))  # any file name
     return h.hexdigest()

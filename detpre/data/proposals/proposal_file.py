@@ -16,7 +16,11 @@ per finished chunk, each written to a temporary name and renamed. A rerun with t
 settings skips finished chunks; the final file is always assembled from the chunk files, so a
 resumed run ends with the same bytes as an uninterrupted one. A folder without ``spec.json``
 (its writer died before writing it) is never reused.
+
+Both are read by ``safe_load.load_pickle`` (arrays, numbers, strings, containers and a ``BoxMode``),
+never ``pickle.load``: a proposal file may come from anywhere.
 """
+import hashlib
 import json
 import logging
 import os
@@ -28,14 +32,18 @@ from detectron2.structures import BoxMode
 
 from detpre.errors import DetpreError
 from detpre.utils.io import write_bytes_atomic
+from detpre.utils.safe_load import load_pickle
 
 __all__ = ["PartStore", "write_proposal_file", "read_proposal_file", "merge_proposal_files",
-           "objectness_for", "image_fingerprint", "check_proposal_file"]
+           "objectness_for", "image_fingerprint", "check_proposal_file", "proposal_meta",
+           "load_proposals_into_dicts"]
 
 logger = logging.getLogger(__name__)
 
 PICKLE_PROTOCOL = 4
 META_KEY = "detpre"
+# detectron2's proposal format allows a BoxMode (an IntEnum: unpickling it looks up a member)
+_ALLOW = {("detectron2.structures.boxes", "BoxMode"): BoxMode}
 
 
 def objectness_for(num):
@@ -65,8 +73,7 @@ def write_proposal_file(path, ids, boxes, meta=None):
 def read_proposal_file(path):
     """Load a proposal file, with a clear error when it is not one."""
     try:
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+        data = load_pickle(path, kind="proposal file", allow=_ALLOW)
     except (OSError, pickle.UnpicklingError, EOFError) as e:
         raise DetpreError(f"cannot read proposal file {path}: {e}. Regenerate it with "
                           "tools/generate_proposals.py.") from e
@@ -77,14 +84,37 @@ def read_proposal_file(path):
     return data
 
 
+def proposal_meta(path):
+    """The settings a detpre proposal file records (``META_KEY``), or None (another tool's file)."""
+    data = read_proposal_file(path)
+    return json.loads(data[META_KEY]) if META_KEY in data else None
+
+
+_PRINT_BYTES = 1 << 16
+
+
 def image_fingerprint(file_name):
-    """``[base name, size in bytes]`` of an image (size -1 when unreadable): what ties a
-    proposal file's boxes to the very images they were computed on."""
+    """``[base name, size in bytes, digest]`` of an image (size -1 when unreadable): what ties a
+    proposal file's boxes to the very images they were computed on. The digest (BLAKE2b of the
+    first and last 64 KiB) tells a re-saved image of the same size; reading the whole file would
+    cost a large data set minutes at every training start."""
     try:
         size = os.path.getsize(file_name)
+        h = hashlib.blake2b(digest_size=8)
+        with open(file_name, "rb") as f:
+            h.update(f.read(_PRINT_BYTES))
+            if size > 2 * _PRINT_BYTES:
+                f.seek(-_PRINT_BYTES, os.SEEK_END)
+            h.update(f.read(_PRINT_BYTES))
+        digest = h.hexdigest()
     except OSError:
-        size = -1
-    return [os.path.basename(file_name), int(size)]
+        return [os.path.basename(file_name), -1, ""]
+    return [os.path.basename(file_name), int(size), digest]
+
+
+def _same_image(have, now):
+    """Fingerprints match; one of an older detpre (name and size only) is compared on those."""
+    return list(have[:2]) == list(now[:2]) and (len(have) < 3 or have[2] == now[2])
 
 
 def _regenerate(path, name):
@@ -92,9 +122,30 @@ def _regenerate(path, name):
             "--overwrite (with --config-file if the data set is registered there)")
 
 
-def check_proposal_file(path, dicts, name):
+def load_proposals_into_dicts(dicts, data):
+    """detectron2's ``load_proposals_into_dataset`` on a proposal file already read (without running
+    code, ``read_proposal_file``; detectron2's own reads it with ``pickle.load``): each record gets
+    its proposals sorted by objectness, and their box mode."""
+    data = dict(data)
+    for old, new in (("indexes", "ids"), ("scores", "objectness_logits")):  # Detectron1 names
+        if old in data:
+            data[new] = data.pop(old)
+    index = {str(i): k for k, i in enumerate(data["ids"])}
+    mode = BoxMode(data["bbox_mode"]) if "bbox_mode" in data else BoxMode.XYXY_ABS
+    for record in dicts:
+        k = index[str(record["image_id"])]
+        boxes, logits = data["boxes"][k], data["objectness_logits"][k]
+        order = logits.argsort()[::-1]
+        record["proposal_boxes"] = boxes[order]
+        record["proposal_objectness_logits"] = logits[order]
+        record["proposal_bbox_mode"] = mode
+    return dicts
+
+
+def check_proposal_file(path, dicts, name, data=None):
     """
-    Before training on ``path`` (``DATASETS.PROPOSAL_FILES_TRAIN`` of data set ``name``): it must
+    Before training on ``path`` (``DATASETS.PROPOSAL_FILES_TRAIN`` of data set ``name``; ``data``: its
+    content when already read): it must
     exist, cover every image id of ``dicts`` and, when it carries a fingerprint, have been made
     from these very images (same file name and size). Images without proposals are counted and
     reported. Raises ``DetpreError`` naming the file, the ids and what to do.
@@ -103,7 +154,7 @@ def check_proposal_file(path, dicts, name):
         raise DetpreError(f"proposal file {path} (DATASETS.PROPOSAL_FILES_TRAIN for {name}) does "
                           f"not exist; make it with tools/generate_proposals.py --dataset {name} "
                           f"--output {path}")
-    data = read_proposal_file(path)
+    data = read_proposal_file(path) if data is None else data
     index = {str(i): k for k, i in enumerate(data["ids"])}
     missing = [d["image_id"] for d in dicts if str(d["image_id"]) not in index]
     if missing:
@@ -120,14 +171,15 @@ def check_proposal_file(path, dicts, name):
         wrong = []
         for d in dicts:
             have, now = list(prints[index[str(d["image_id"])]]), image_fingerprint(d["file_name"])
-            if now[1] >= 0 and have != now:
+            if now[1] >= 0 and not _same_image(have, now):
                 wrong.append((d["image_id"], now, have))
         if wrong:
             i, now, have = wrong[0]
             raise DetpreError(
                 f"{path} was made for other images than {name}'s: {len(wrong)} of {len(dicts)} "
                 f"differ, e.g. image id {i} is {now[0]} ({now[1]} bytes) here but was {have[0]} "
-                f"({have[1]} bytes) when the proposals were computed; {_regenerate(path, name)}")
+                f"({have[1]} bytes{', other content' if have[:2] == now[:2] else ''}) when the proposals "
+                f"were computed; {_regenerate(path, name)}")
     empty = sum(len(data["boxes"][index[str(d["image_id"])]]) == 0 for d in dicts)
     if empty:
         logger.warning("%d of %d images of %s have no proposals in %s (unreadable when generated, "
@@ -215,8 +267,7 @@ class PartStore:
         write_bytes_atomic(self._chunk(idx), pickle.dumps(data, protocol=PICKLE_PROTOCOL))
 
     def load(self, idx):
-        with open(self._chunk(idx), "rb") as f:
-            return pickle.load(f)
+        return load_pickle(self._chunk(idx), kind="proposal chunk", allow=_ALLOW)
 
     def remove(self):
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -33,7 +33,8 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
     @configurable
     def __init__(self, *, bottom_up, projector, predictor, pixel_mean, pixel_std, in_feature="res5",
                  combine="mean", num_splits=2, combine_size=2, target_view="other", temperature=1.0,
-                 gather_keys=True, loss_scale=0.0):
+                 gather_keys=True, loss_scale=0.0, pred_constant_lr=False, target_bottom_up=None,
+                 target_projector=None):
         """
         Args:
             bottom_up: a detectron2 ResNet (Backbone) whose ``in_feature`` output is pooled.
@@ -45,6 +46,9 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
             loss_scale: s in ``s * (ctr_1 + ctr_2) / 2``, each ctr the InfoNCE averaged over
                 combinations; 0 = each method's official value: 1 for Fast-MoCo (its code),
                 ``4 * tau`` for MoCo v3 (``combine="off"``: 2 tau per direction, summed).
+            pred_constant_lr: the predictor's LR stays constant (``fixed_lr_parameters``).
+            target_bottom_up / target_projector: the momentum target's own, independently
+                initialized modules (Fast-MoCo's code); None: copies of the online ones.
         """
         super().__init__()
         if combine not in COMBINE_MODES:
@@ -59,7 +63,12 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
                 f"({num_splits}**2) and NUM_SPLITS >= 1")
         self.backbone = BottomUpContainer(bottom_up)
         self.projector, self.predictor = projector, predictor
-        self.target = MomentumTarget(self, ["backbone", "projector"])
+        if (target_bottom_up is None) != (target_projector is None):
+            raise ValueError("FastMoCo: give both target_bottom_up and target_projector, or neither")
+        fresh = None if target_bottom_up is None else {
+            "backbone": BottomUpContainer(target_bottom_up), "projector": target_projector}
+        self.target = MomentumTarget(self, ["backbone", "projector"], fresh=fresh)
+        self.pred_constant_lr = bool(pred_constant_lr)
         self.in_feature, self.combine_mode = in_feature, combine
         self.num_splits, self.target_view = num_splits, target_view
         self.temperature, self.gather_keys = temperature, gather_keys
@@ -75,14 +84,20 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.FASTMOCO
+        if c.TARGET_INIT not in ("copy", "random"):
+            raise ValueError(f"MODEL.FASTMOCO.TARGET_INIT={c.TARGET_INIT!r}: use 'copy' or 'random'")
         bottom_up = build_bottom_up(cfg, c.IN_FEATURE)  # outputs exactly IN_FEATURE
         dim = bottom_up.output_shape()[c.IN_FEATURE].channels
-        return {
+
+        def projector():
+            return MLP(dim, c.HIDDEN_DIM, c.PROJ_DIM, c.PROJ_LAYERS, c.HEAD_NORM,
+                       last_norm=True, last_affine=c.PROJ_LAST_AFFINE)
+
+        ret = {
             "bottom_up": bottom_up,
-            "projector": MLP(dim, c.HIDDEN_DIM, c.PROJ_DIM, c.PROJ_LAYERS, c.HEAD_NORM,
-                             last_norm=True, last_affine=c.PROJ_LAST_AFFINE),
+            "projector": projector(),
             "predictor": MLP(c.PROJ_DIM, c.PRED_HIDDEN_DIM or c.HIDDEN_DIM, c.PROJ_DIM,
-                             c.PRED_LAYERS, c.HEAD_NORM),
+                             c.PRED_LAYERS, c.HEAD_NORM, last_bias=c.PRED_LAST_BIAS),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "in_feature": c.IN_FEATURE,
@@ -93,7 +108,16 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
             "temperature": c.TEMPERATURE,
             "gather_keys": c.GATHER_KEYS,
             "loss_scale": c.LOSS_SCALE,
+            "pred_constant_lr": c.PRED_CONSTANT_LR,
         }
+        if c.TARGET_INIT == "random":  # built after the online parts: their init is as with "copy"
+            ret["target_bottom_up"] = build_bottom_up(cfg, c.IN_FEATURE)
+            ret["target_projector"] = projector()
+        return ret
+
+    def fixed_lr_parameters(self):
+        """Parameters whose LR does not follow the schedule (detpre.solver): Fast-MoCo's predictor."""
+        return list(self.predictor.parameters()) if self.pred_constant_lr else []
 
     # ---- the three steps of the online branch ----
     def divide(self, x):

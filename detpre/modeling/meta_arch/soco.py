@@ -7,7 +7,9 @@ each view (detectron2's ``ROIPooler``: every box pooled once, on one level — S
 code pools every box on all four levels and masks the loss), encoded by the RoI box head,
 projected and predicted (online) or projected (momentum target); BYOL's loss pulls V1's
 prediction of a proposal towards the target projections of the same proposal in the other views,
-and the other way round.
+and the other way round. A view with proposals of its own (``INPUT.SOCO.VIEWS`` "official", SoCo's
+code) is paired with V1's boxes of those proposals (``"pair_boxes"``), pooled from the same V1
+features.
 
 Modules are named as in ``GeneralizedRCNN`` (``backbone.*``, ``roi_heads.box_head.*``), so a
 checkpoint fills a Mask R-CNN's backbone, FPN and box head through ``MODEL.WEIGHTS`` after
@@ -104,10 +106,12 @@ class SoCo(PixelNormalizeMixin, nn.Module):
     def box_features(self, x, boxes, backbone=None, box_head=None):
         """Box-head features (sum over images of K_i, D) of ``boxes`` (list of Boxes) in ``x``."""
         backbone = self.backbone if backbone is None else backbone
+        return self.pooled_features(backbone(x), boxes, box_head)
+
+    def pooled_features(self, features, boxes, box_head=None):
+        """Box-head features of ``boxes`` pooled from backbone ``features`` (a dict)."""
         box_head = self.roi_heads.box_head if box_head is None else box_head
-        features = backbone(x)
-        pooled = self.roi_heads.box_pooler([features[f] for f in self.in_features], boxes)
-        return box_head(pooled)
+        return box_head(self.roi_heads.box_pooler([features[f] for f in self.in_features], boxes))
 
     def online(self, x, boxes):
         return self.predictor(self.projector(self.box_features(x, boxes)))
@@ -127,27 +131,32 @@ class SoCo(PixelNormalizeMixin, nn.Module):
                  for d in batched_inputs]
         return x, boxes
 
-    def loss(self, preds, targets):
+    def loss(self, preds, targets, pair_preds=None, pair_targets=None):
         """Symmetrized BYOL loss between V1 and each other view: ``preds``/``targets`` are lists
-        (one per view) of (B, K, d)."""
+        (one per view) of (B, K, d); ``pair_preds``/``pair_targets``: {view: V1's (B, K, d) of
+        that view's own proposals}, used instead of V1's ``preds[0]``/``targets[0]`` there."""
         total = 0.0
+        r = self.loss_reduction
         for v in range(1, len(preds)):
-            r = self.loss_reduction
-            total = total + byol_loss(preds[0], targets[v], r) + byol_loss(preds[v], targets[0], r)
+            p1 = (pair_preds or {}).get(v, preds[0])
+            t1 = (pair_targets or {}).get(v, targets[0])
+            total = total + byol_loss(p1, targets[v], r) + byol_loss(preds[v], t1, r)
         return total
 
     def forward(self, batched_inputs):
         """
         Training: ``{"loss_soco"}`` from ``SoCoMapper`` dicts (``"views"``: V1, V2, V3[, V4] as
         CHW tensors; ``"view_boxes"``: one (K, 4) array per view, the same K proposals in
-        the same order). Inference: ``[{"box_features": (K, D)}]`` of V1's proposals.
+        the same order; optional ``"pair_boxes"``: {view: V1's (K, 4) boxes of that view's own
+        proposals}). Inference: ``[{"box_features": (K, D)}]`` of V1's proposals.
         """
         B = len(batched_inputs)
         K = len(batched_inputs[0]["view_boxes"][0])
         if K == 0:
             raise ValueError("SoCo needs at least one proposal per image and view "
                              "(INPUT.SOCO.NUM_PROPOSALS >= 1)")
-        if any(len(b) != K for d in batched_inputs for b in d["view_boxes"]):
+        if any(len(b) != K for d in batched_inputs
+               for b in list(d["view_boxes"]) + list(d.get("pair_boxes", {}).values())):
             raise ValueError("SoCo needs the same number of proposals in every view and image "
                              "(INPUT.SOCO.NUM_PROPOSALS)")
         if not self.training:
@@ -156,9 +165,27 @@ class SoCo(PixelNormalizeMixin, nn.Module):
         num_views = len(batched_inputs[0]["views"])
         if num_views < 2:
             raise ValueError(f"SoCo needs at least 2 views per image, got {num_views}")
-        preds, targets = [], []
+        pair_views = sorted(batched_inputs[0].get("pair_boxes", {}))
+        if any(sorted(d.get("pair_boxes", {})) != pair_views for d in batched_inputs):
+            raise ValueError("SoCo needs the same views with proposals of their own in every image")
+        preds, targets, pair_preds, pair_targets = [], [], {}, {}
+        t = self.target
         for v in range(num_views):
             x, boxes = self.preprocess(batched_inputs, v)
-            preds.append(self.online(x, boxes).view(B, K, -1))
-            targets.append(self.momentum_target(x, boxes).view(B, K, -1))
-        return {"loss_soco": self.loss(preds, targets)}
+            features = self.backbone(x)
+            with torch.no_grad():
+                target_features = t.backbone(x)
+            box_sets = [(None, boxes)]
+            if v == 0:  # V1's boxes of the views with proposals of their own
+                box_sets += [(u, [Boxes(torch.as_tensor(d["pair_boxes"][u], dtype=torch.float32).to(self.device))
+                                  for d in batched_inputs]) for u in pair_views]
+            for u, b in box_sets:
+                p = self.predictor(self.projector(self.pooled_features(features, b))).view(B, K, -1)
+                with torch.no_grad():
+                    z = t.projector(self.pooled_features(target_features, b, t.roi_heads.box_head)).view(B, K, -1)
+                if u is None:
+                    preds.append(p)
+                    targets.append(z)
+                else:
+                    pair_preds[u], pair_targets[u] = p, z
+        return {"loss_soco": self.loss(preds, targets, pair_preds, pair_targets)}
