@@ -11,10 +11,9 @@ images). docs/DESIGN.md lists what detpre needs of a detectron2.
 import importlib
 import importlib.util
 import inspect
-import os
 
 __all__ = ["HAS_COMPILED_OPS", "DETPRE_BUILD", "coco_evaluator_kwargs", "write_metrics",
-           "replace_data_loader_iter", "model_zoo_config_file", "set_local_process_group", "reset_local_process_group"]
+           "replace_data_loader_iter", "set_local_process_group", "reset_local_process_group"]
 
 
 def _load_c():
@@ -59,24 +58,6 @@ def replace_data_loader_iter(step, new_iter):
     else:
         old, step._data_loader_iter = getattr(step, "_data_loader_iter", None), new_iter
     return old
-
-
-def model_zoo_config_file(config_path):
-    """The path of a config shipped in ``detectron2.model_zoo`` (``model_zoo.get_config_file``).
-    detectron2 main still resolves it with ``pkg_resources``, which setuptools 81 removed, so
-    importing ``detectron2.model_zoo`` fails there; the file is then found beside the package
-    (where main's setup.py and detpre's wheel both put ``configs/``), without importing it."""
-    try:
-        from detectron2.model_zoo import get_config_file
-    except ImportError as e:
-        if "pkg_resources" not in str(e):
-            raise
-        spec = importlib.util.find_spec("detectron2.model_zoo")
-        path = os.path.join(list(spec.submodule_search_locations)[0], "configs", config_path)
-        if not os.path.isfile(path):
-            raise RuntimeError(f"{config_path} not available in detectron2's model zoo ({path})")
-        return path
-    return get_config_file(config_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,8 +125,9 @@ def reset_local_process_group():
 
 def _install_wide_image_reader():
     """detectron2's ``read_image`` clips 16-bit grayscale images at 255 (they read near-white):
-    its own mappers (``DatasetMapper``, used to fine-tune and evaluate) get detpre's reader,
-    which scales them to 8 bits (``detpre.data.image_io``) and calls detectron2's for the rest."""
+    its own mappers (``DatasetMapper``, used to fine-tune and evaluate) get detpre's reader for
+    images read in a colour format, which scales them to 8 bits (``detpre.data.image_io``) and
+    calls detectron2's for the rest. Reads as "L" or raw (``None``: label maps) are unchanged."""
     from detectron2.data import detection_utils
 
     original = detection_utils.read_image
@@ -153,6 +135,8 @@ def _install_wide_image_reader():
         return
 
     def read_image(file_name, format=None):
+        if format in (None, "L"):  # raw values (label maps, depth): detectron2's, unchanged
+            return original(file_name, format=format)
         from detpre.data.image_io import read_image as read_any_depth
 
         return read_any_depth(file_name, format, d2_read_image=original)

@@ -1,5 +1,4 @@
 import importlib
-import os
 import sys
 import types
 
@@ -104,26 +103,6 @@ def test_write_metrics_reaches_the_event_storage():
         {"loss_a": torch.tensor(1.0), "loss_b": torch.tensor(2.0)}, 0.5, 7))
     assert scalars["total_loss"] == pytest.approx(3.0)
     assert scalars["loss_a"] == pytest.approx(1.0) and scalars["data_time"] == pytest.approx(0.5)
-
-
-def test_model_zoo_config_file_without_pkg_resources(monkeypatch):
-    """detectron2 main's model_zoo imports pkg_resources (gone in setuptools >= 81): the config
-    is found beside the package without importing it."""
-    import builtins
-
-    expected = compat.model_zoo_config_file("Base-RCNN-FPN.yaml")
-    assert expected.endswith("Base-RCNN-FPN.yaml") and os.path.isfile(expected)
-    real_import = builtins.__import__
-
-    def no_model_zoo(name, *args, **kwargs):
-        if name == "detectron2.model_zoo":
-            raise ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_model_zoo)
-    assert compat.model_zoo_config_file("Base-RCNN-FPN.yaml") == expected
-    with pytest.raises(RuntimeError, match="not available"):
-        compat.model_zoo_config_file("no/such.yaml")
 
 
 class _V06Step:

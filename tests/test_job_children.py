@@ -137,3 +137,20 @@ def test_interrupting_the_runner_ends_each_steps_whole_process_group(tmp_path, s
         assert open(os.path.join(out, f"{k}.log")).read().endswith("saved, stopping\n")
     everyone = [pid for pair in pids for pid in pair]
     _wait(lambda: not any(map(_alive, everyone)), 5, "steps and their workers end")
+
+
+def test_a_stopping_job_starts_no_new_step(tmp_path):
+    """Between end_steps' snapshot and the pool's end, a thread moving on to its next step must not
+    start it: in its own session the terminal's Ctrl-C would not reach it."""
+    from detpre.jobs import runner
+
+    marker = tmp_path / "started"
+    runner._STOPPING.set()
+    try:
+        with pytest.raises(RuntimeError, match="not started: the job is stopping"):
+            run_logged([sys.executable, "-c", f"import time; time.sleep(0.5); open({str(marker)!r}, 'w')"],
+                       str(tmp_path / "log.txt"), label="late step")
+    finally:
+        runner._STOPPING.clear()
+    time.sleep(1.0)
+    assert not marker.exists() and not runner._STEPS

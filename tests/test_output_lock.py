@@ -122,6 +122,11 @@ def test_locks_of_dead_zombie_and_reused_pids_are_taken_over(tmp_path):
         live.kill()
         live.wait()
 
+    # this very pid, started earlier: a restarted container's previous run (pid 1 again, same host)
+    _lock_of(os.getpid(), out, start=str(int(_start_time(os.getpid())) - 1))
+    with output_dir_lock(out) as lock:
+        assert json.load(open(lock))["start"] == _start_time(os.getpid())
+
 
 def test_a_trainer_used_from_python_holds_the_lock_while_it_trains(tmp_path):
     paths = random_images(tmp_path / "imgs", 4)

@@ -44,7 +44,8 @@ class StopRequested(BaseException):
 class StopOnInterrupt(HookBase):
     """
     The trainer's last hook: from ``before_train`` to the last step, SIGINT only sets a flag, read
-    at the end of each step (every process agrees on it, so all stop after the same step); then
+    at the end of each step (with several processes every ``SYNC_PERIOD`` steps, where they agree on
+it, so all stop after the same step); then
     ``StopRequested``. The last step ignores it (its after-train checkpoint and evaluation run;
     Ctrl-C is back to normal there). Only the main thread can handle signals: elsewhere a no-op
     (the flag is read all the same). Data loader workers fork after ``before_train``: they inherit
@@ -54,6 +55,8 @@ class StopOnInterrupt(HookBase):
     # a SIGINT this soon after the first is the same Ctrl-C: torchrun and torch's spawn forward the
     # terminal's SIGINT to processes that already got it from the terminal
     SAME_CTRL_C_S = 1.0
+    # processes agree on a stop every this many steps (one gather each time) when there are several
+    SYNC_PERIOD = 10
 
     def __init__(self):
         self.requested = False
@@ -85,7 +88,9 @@ class StopOnInterrupt(HookBase):
             self._restore()
             return
         stop = self.requested
-        if comm.get_world_size() > 1:
+        if comm.get_world_size() > 1:  # agreed every SYNC_PERIOD steps: a gather costs a sync point
+            if (self.trainer.iter + 1) % self.SYNC_PERIOD:
+                return
             stop = any(comm.all_gather(stop))
         if stop:
             self._restore()

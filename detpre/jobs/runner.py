@@ -35,6 +35,9 @@ STOP_GRACE_S = 20.0  # a training interrupted by SIGINT finishes its step and sa
 _PRINT_LOCK = threading.Lock()
 _STEPS = {}  # Popen -> label: the steps this process runs now, in every thread
 _STEPS_LOCK = threading.Lock()
+# set while an interrupted job ends its steps: a pool thread between two steps starts no new one
+# (in its own session, the terminal's Ctrl-C would not reach it, and the job would wait for it)
+_STOPPING = threading.Event()
 _D2_LINE = re.compile(r"eta: (?P<eta>\S+)\s+iter: (?P<iter>\d+)\s+total_loss: (?P<loss>\S+)")
 
 
@@ -164,8 +167,19 @@ def _ends_steps_on_interrupt():
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
+        _STOPPING.set()
         end_steps()
         raise
+
+
+@contextlib.contextmanager
+def _new_steps_allowed_after():
+    """Around a job's thread pool: once its threads are done, steps may start again (tests, or a
+    program that catches the interrupt and goes on)."""
+    try:
+        yield
+    finally:
+        _STOPPING.clear()
 
 
 def run_logged(cmd: Sequence[Any], log: str, label: str = "", total_iter: Optional[int] = None,
@@ -191,7 +205,13 @@ def run_logged(cmd: Sequence[Any], log: str, label: str = "", total_iter: Option
                                 text=True, env=env, bufsize=1, start_new_session=True,
                                 preexec_fn=_dies_with_runner())
         with _STEPS_LOCK:
-            _STEPS[proc] = label
+            refused = _STOPPING.is_set()
+            if not refused:
+                _STEPS[proc] = label
+        if refused:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(f"[{label}] not started: the job is stopping")
         try:
             for line in proc.stdout:
                 f.write(line)
@@ -237,7 +257,8 @@ def run_graph(tasks: Dict[Hashable, Tuple[Callable[..., Any], Sequence[Hashable]
     done, running, failed = {}, {}, []
     pending = dict(tasks)
     # Ctrl-C / SIGTERM reach this (main) thread: the steps end before the pool waits for its threads
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, _sigterm_raises(), _ends_steps_on_interrupt():
+    with _new_steps_allowed_after(), ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
+            _sigterm_raises(), _ends_steps_on_interrupt():
         while pending or running:
             if not failed:
                 for key, (fn, deps) in list(pending.items()):
@@ -302,16 +323,15 @@ _EVAL_LOCK = threading.Lock()  # evaluations in this process: one at a time (dat
 def evaluate_weights(cfg, weights: str) -> Dict[str, Any]:
     """AP of ``weights`` on ``cfg``'s DATASETS.TEST with its trainer's evaluators, in this process,
     flattened as the trainer's metrics.json has it (``bbox/AP``, ``segm/AP``, ...)."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
     from detpre.data.datasets import register_from_config
+    from detpre.engine.checkpointer import DetpreCheckpointer
     from detpre.engine.defaults import trainer_class
 
     with _EVAL_LOCK:
         register_from_config(cfg)
         trainer_cls = trainer_class(cfg)
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model).load(weights)
+        DetpreCheckpointer(model).load(weights)  # read without running code (safe_load)
         res = trainer_cls.test(cfg, model)
     return {f"{task}/{k}": v for task, d in res.items() for k, v in d.items()}
 

@@ -148,7 +148,10 @@ def output_lock(path, what="output", lock=None):
             if e.errno != errno.EEXIST:
                 raise
             pid, owner_host, start, job = _read_owner(lock)
+            # this pid but another start time: a restarted container's earlier process (pid 1 again)
+            mine_before = pid == me and start and start != (_proc_stat(me) or ("", ""))[1]
             if pid is not None and ((owner_host == host and pid != me and not _pid_alive(pid, start))
+                                    or (owner_host == host and mine_before)
                                     or _earlier_run_of_this_job(job)):
                 os.remove(lock)  # stale: its writer died without cleaning up
                 continue

@@ -68,8 +68,10 @@ def is_trusted_config(path) -> bool:
     their anchor sizes with a ``!!python/object/apply:eval`` tag."""
     import detectron2
 
-    shipped = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs"),
-               os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs")]
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    shipped = [os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs")]
+    if os.path.isfile(os.path.join(checkout, "setup.py")) and os.path.isdir(os.path.join(checkout, "detpre")):
+        shipped.append(os.path.join(checkout, "configs"))  # detpre's checkout, not a site-packages/configs
     return is_trusted(path) or _under(path, shipped)
 
 
