@@ -11,20 +11,34 @@ $(STAMP): scripts/bootstrap.sh scripts/build_detectron2_wheel.py requirements.tx
 
 venv: $(STAMP)
 
-# two runs at once, one thread each (tools/demo.py --jobs)
+# box pretraining vs random init (same fine-tuning iterations) and vs random init given its 300
+# extra iterations (same total), 3 seeds; two runs at once, one thread each; ~20 min on 2 cores
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
 # SoCo's row added to make demo's results in output/demo (their runs are reused: SoCo's
-# pretraining and 3 fine-tuning runs, ~8 min after make demo, ~18 from scratch)
+# pretraining and 3 fine-tuning runs, ~8 min after make demo, ~25 from scratch)
 demo-soco: $(STAMP)
 	$(PY) tools/demo.py --methods soco,agnostic
 
 # SoCo and Jigsaw vs random init, at 600 fine-tuning iterations (the demo runs 160), where
-# SoCo's ResNet + FPN and Jigsaw's ResNet inits are ahead of random init (docs/transfer.md
-# sections 6 and 13, over 7-9 seeds; 3 seeds are too few to show it); ~40 min on 2 cores
+# SoCo's ResNet + FPN and Jigsaw's ResNet inits were ahead of random init over 7-9 seeds
+# (docs/results.md; 3 seeds are too few to show it), and Jigsaw vs random init given its 300
+# iterations too (900); ~55 min on 2 cores
 demo-long: $(STAMP)
 	$(PY) tools/demo.py --methods soco,jigsaw --output-dir output/demo_long SOLVER.MAX_ITER 600 SOLVER.STEPS "(480,)"
+
+# fine-tuning to a plateau (best checkpoint on a selection split, scored on a report split) at 60 and 600
+# labeled images, 3 paired seeds: random init, SoCo, Jigsaw, Fast-MoCo, box pretraining and the same-total
+# controls (docs/converged.md; hours on 2 cores, the expected time printed first; rerunning continues)
+.PHONY: demo-converged demo-converged-smoke
+demo-converged: $(STAMP)
+	$(PY) tools/demo_converged.py
+
+# the converged comparison's whole pipeline at a few iterations (CI); its runs are deleted after
+demo-converged-smoke: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) tools/demo_converged.py --smoke
+	rm -rf output/demo_converged_smoke
 
 # every method's pipeline at a few iterations: what CI runs after the tests
 demo-smoke: $(STAMP)

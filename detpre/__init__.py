@@ -12,7 +12,7 @@ from .config import add_detpre_config, get_detpre_cfg
 
 # registering modules
 from .data import mappers  # noqa: F401,E402
-from .engine import hooks, self_training_hooks, spcl_hooks  # noqa: F401,E402
+from .engine import collapse, hooks, online_teacher, plateau, self_training_hooks, spcl_hooks  # noqa: F401,E402
 from .modeling import losses, meta_arch  # noqa: F401,E402
 
 __all__ = ["add_detpre_config", "get_detpre_cfg"]

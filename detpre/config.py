@@ -268,7 +268,7 @@ def add_spcl_config(cfg):
     _C = cfg
     # [[name, root, layout], ...]: re-ID releases as downloaded -> <name>_train and test splits;
     # layout market1501 / dukemtmc / msmt17 / personx / veri776 / vehicleid / vehiclex, left
-    # out or "" = detected from the files (docs/spcl.md).
+    # out or "" = detected from the files (docs/methods/spcl.md).
     _C.DATASETS.REID = []
     # [[name, detection_data_set], ...]: every ground-truth box of a registered detection data
     # set as one re-ID instance (crop).
@@ -372,6 +372,28 @@ def add_self_training_config(cfg):
     _C.MODEL.SELF_TRAINING.UNLABELED_DATASET = ""
     # Images per inference batch when pseudo-labelling.
     _C.MODEL.SELF_TRAINING.LABEL_BATCH_SIZE = 4
+    # "offline": a teacher labels PSEUDO_DATASETS once (or every REFRESH_PERIOD), the student trains
+    # on them (SelfTrainingTrainer). "online" (Unbiased Teacher): an EMA of the student labels each
+    # batch of UNLABELED_DATASET as training goes (OnlineTeacherTrainer; ENABLED/PSEUDO_DATASETS
+    # unused). Online batches: SOLVER.IMS_PER_BATCH labeled images (the supervised loader) + PSEUDO_RATIO
+    # times as many unlabeled ones. docs/methods/self_training.md.
+    _C.MODEL.SELF_TRAINING.MODE = "offline"
+    # Online: supervised-only iterations before the teacher starts (copied from the student then).
+    _C.MODEL.SELF_TRAINING.BURN_IN_ITERS = 2000
+    # Online: teacher <- m * teacher + (1 - m) * student after every step from the burn-in on
+    # (weights and BN statistics).
+    _C.MODEL.SELF_TRAINING.EMA_MOMENTUM = 0.999
+    # Online: weight of the unlabeled images' loss (RPN objectness + RoI classification).
+    _C.MODEL.SELF_TRAINING.UNSUP_LOSS_WEIGHT = 4.0
+    # Online: also train box regression (RPN and RoI) on pseudo-boxes (Unbiased Teacher: off).
+    _C.MODEL.SELF_TRAINING.PSEUDO_BOX_REGRESSION = False
+    # Online: the student's view of an unlabeled image, made from the teacher's (weak) view:
+    # "photometric" (Unbiased Teacher: colour jitter, grayscale, blur, cutout; same geometry) or
+    # "S1"-"S4" (INPUT.SELF_TRAINING's levels, pseudo-boxes moved with their geometry).
+    _C.MODEL.SELF_TRAINING.STRONG_AUGMENT = "photometric"
+    # Online: warn when the teacher keeps no box (SCORE_THRESHOLD / CLASS_THRESHOLDS) for this
+    # many consecutive iterations (and every as many after); 0 = never.
+    _C.MODEL.SELF_TRAINING.EMPTY_WARN_ITERS = 50
     # Student augmentation of the pseudo stream: "S1" flip + scale jitter 0.8-1.2 crop, "S2" S1 +
     # AutoAugment, "S3" AutoAugment + scale jitter 0.5-2.0, "S4" RandAugment + 0.5-2.0, "none".
     _C.INPUT.SELF_TRAINING.AUGMENT = "S1"
@@ -382,6 +404,55 @@ def add_self_training_config(cfg):
     # RandAugment (S4): number of ops per image and their shared magnitude (0-10).
     _C.INPUT.SELF_TRAINING.RANDAUG_N = 2
     _C.INPUT.SELF_TRAINING.RANDAUG_M = 9
+
+
+def add_collapse_config(cfg):
+    """The CollapseWatch hook (detpre.engine.collapse): a backbone's effective dimension while it
+    pretrains, and a warning when it collapses (docs/collapse.md). On where a config lists
+    "CollapseWatch" in DETPRE.HOOKS (detpre's pretraining configs do)."""
+    _C = cfg
+    _C.DETPRE.COLLAPSE = CN()
+    # False: the hook, if listed, measures nothing.
+    _C.DETPRE.COLLAPSE.ENABLED = True
+    # Iterations between measurements (also one before the first step and one after the last);
+    # 0 = about twenty per run: the multiple of 20 (the metrics writers' period) nearest
+    # MAX_ITER / 20. Below 20, metrics.json and TensorBoard keep only one value per 20 iterations.
+    _C.DETPRE.COLLAPSE.PERIOD = 0
+    # Warn when the effective dimension falls below this fraction of its first measurement.
+    _C.DETPRE.COLLAPSE.THRESHOLD = 0.1
+    # Images measured: this many of DATASETS.TRAIN, evenly spaced over it, read once.
+    _C.DETPRE.COLLAPSE.NUM_IMAGES = 16
+    # Their shorter side after resizing (then center-cropped to one shared size); 0 = the
+    # test-time resize, INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, as a detector fine-tuned from the
+    # backbone sees images.
+    _C.DETPRE.COLLAPSE.IMAGE_SIZE = 0
+    # The ResNet stage measured (res2-res5).
+    _C.DETPRE.COLLAPSE.FEATURE = "res4"
+
+
+def add_plateau_config(cfg):
+    """Fine-tuning to a plateau (``detpre.engine.plateau``): evaluate on a selection split every
+    PERIOD iterations, keep the best checkpoint, stop when it stops improving (docs/converged.md)."""
+    _C = cfg
+    _C.TEST.PLATEAU = CN()
+    # On: tools/train_net.py trains with PlateauTrainer, which evaluates DATASET every PERIOD
+    # iterations (and after the last one), writes OUTPUT_DIR/plateau.json, saves model_best.pth and
+    # stops once METRIC has not risen by MIN_DELTA over its best for PATIENCE evaluations in a row
+    # (SOLVER.MAX_ITER is the cap). model_final.pth then holds the best evaluation's weights (the
+    # run is finished), and the end-of-training evaluation (DATASETS.TEST: the report split)
+    # scores them. Not with the self-training trainers.
+    _C.TEST.PLATEAU.ENABLED = False
+    # Iterations between evaluations.
+    _C.TEST.PLATEAU.PERIOD = 100
+    # Evaluations in a row without an improvement of MIN_DELTA before training stops.
+    _C.TEST.PLATEAU.PATIENCE = 5
+    # An improvement: METRIC above the best so far by more than this (AP points).
+    _C.TEST.PLATEAU.MIN_DELTA = 0.1
+    # The selection split (a registered data set with an evaluator, in neither DATASETS.TRAIN
+    # nor DATASETS.TEST), e.g. "detpre_demo_select".
+    _C.TEST.PLATEAU.DATASET = ""
+    # "task/metric" of its evaluation results: "bbox/AP", "segm/AP", "bbox/AP50", ...
+    _C.TEST.PLATEAU.METRIC = "bbox/AP"
 
 
 def add_detpre_config(cfg: CN) -> CN:
@@ -395,6 +466,8 @@ def add_detpre_config(cfg: CN) -> CN:
     add_jigsaw_config(cfg)
     add_spcl_config(cfg)
     add_self_training_config(cfg)
+    add_collapse_config(cfg)
+    add_plateau_config(cfg)
     return cfg
 
 

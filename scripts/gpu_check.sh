@@ -138,7 +138,7 @@ export PY PROPOSALS JIGSAW PROPOSAL_WORKERS
 section data "$T_DATA" data
 
 # --- GPU tests
-section tests "$T_TESTS" "$PY" -m pytest -q -m gpu tests/test_gpu.py ${TESTS[@]+"${TESTS[@]}"}
+section tests "$T_TESTS" "$PY" -m pytest -q -m gpu tests/engine/test_gpu.py ${TESTS[@]+"${TESTS[@]}"}
 
 # --- where an iteration's time goes, per method
 # precision NAME: PRECISION = run NAME's AMP overrides (bf16 AMP unless FP32_RUNS names it)

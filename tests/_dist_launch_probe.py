@@ -1,4 +1,4 @@
-"""Started by tests/test_distributed_launch.py (as srun would, or with --num-gpus to spawn):
+"""Started by tests/engine/test_distributed_launch.py (as srun would, or with --num-gpus to spawn):
 ``launch`` joins the processes; each writes what detectron2's comm sees to OUTPUT_DIR."""
 import json
 import os

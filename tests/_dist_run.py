@@ -1,5 +1,5 @@
 """
-Driver of tests/test_distributed_training.py, started by ``torchrun``: registers the ``DistProbe``
+Driver of tests/engine/test_distributed_training.py, started by ``torchrun``: registers the ``DistProbe``
 hook, then runs the jobs of the json file given as the only argument, each job being
 train_net.py's command line: one job runs ``tools/train_net.py`` unchanged (as ``__main__``),
 several run train_net.py's ``launch`` once and detpre's ``main`` per job.

@@ -1,5 +1,5 @@
 """Every SpCL task config: its data sets load from miniature copies of their layouts, the
-vehicle settings are the official code's, and docs/spcl.md names its published number."""
+vehicle settings are the official code's, and docs/methods/spcl.md names its published number."""
 import glob
 import os
 
@@ -72,8 +72,8 @@ def test_vehicle_configs_use_the_official_settings(name):
 
 
 def test_docs_name_the_published_number_beside_each_config():
-    with open(os.path.join(REPO, "docs", "spcl.md")) as f:
+    with open(os.path.join(REPO, "docs", "methods", "spcl.md")) as f:
         rows = [line for line in f if line.startswith("|")]
     for name, mAP in PUBLISHED.items():
         row = [r for r in rows if name[:-5] in r]
-        assert row and mAP in row[0], f"docs/spcl.md: no table row with {name} and mAP {mAP}"
+        assert row and mAP in row[0], f"docs/methods/spcl.md: no table row with {name} and mAP {mAP}"

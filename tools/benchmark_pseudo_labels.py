@@ -15,9 +15,9 @@ from tabulate import tabulate
 
 import detpre  # noqa: F401
 from detpre.benchmarks.pseudo_labels import benchmark_pseudo_labelling
+from detpre.checkpoint import DetpreCheckpointer
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
-from detpre.engine.checkpointer import DetpreCheckpointer
 from detpre.pseudo_labels.teacher import teacher_config
 
 

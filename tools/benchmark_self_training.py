@@ -14,6 +14,13 @@ regime (``make demo-self-training``):
 Finished steps are skipped, killed ones resume; results go to
 <output-dir>/benchmark_self_training.json and the threshold -> precision / recall curve to
 <output-dir>/pseudo_label_curve.png. ``--smoke``: a few iterations, one seed, 8 unlabeled images.
+
+``--mode online``: the student is trained online (an EMA teacher pseudo-labels each unlabeled batch,
+MODEL.SELF_TRAINING.MODE online; default student config
+configs/demo/self_training_online_benchmark_student.yaml), the control on the labeled images alone:
+
+    python tools/benchmark_self_training.py --mode online --seeds 0,1,2 --jobs 2 \
+        --output-dir output/demo/benchmark_self_training_online
 """
 import argparse
 import os
@@ -29,7 +36,11 @@ SMOKE_OPTS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS"
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher-config", default="configs/demo/self_training_benchmark_teacher.yaml")
-    ap.add_argument("--student-config", default="configs/demo/self_training_benchmark_student.yaml")
+    ap.add_argument("--student-config", default=None,
+                    help="default: configs/demo/self_training_benchmark_student.yaml "
+                         "(--mode online: configs/demo/self_training_online_benchmark_student.yaml)")
+    ap.add_argument("--mode", choices=("offline", "online"), default="offline",
+                    help="offline: pseudo-label files per round (default); online: an EMA teacher labels each batch")
     ap.add_argument("--output-dir", default="output/benchmark_self_training")
     ap.add_argument("--seeds", default="0,1,2", help="student / control seeds, paired")
     ap.add_argument("--rounds", type=int, default=1, help="round r's teacher is round r-1's student (same seed)")
@@ -47,6 +58,9 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="a few iterations, one seed, 8 unlabeled images (CI)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    student_config = args.student_config or (
+        "configs/demo/self_training_online_benchmark_student.yaml" if args.mode == "online"
+        else "configs/demo/self_training_benchmark_student.yaml")
     teacher_opts, student_opts, limit = args.teacher_opts, args.student_opts, args.unlabeled_limit
     if args.smoke:
         seeds, limit = seeds[:1], limit or 8
@@ -54,13 +68,18 @@ def main(argv=None):
     if args.threshold is not None:
         student_opts = [*student_opts, "MODEL.SELF_TRAINING.SCORE_THRESHOLD", str(args.threshold)]
     result = run_self_training_benchmark(
-        args.teacher_config, args.student_config, args.output_dir, seeds=seeds, rounds=args.rounds, jobs=args.jobs,
+        args.teacher_config, student_config, args.output_dir, seeds=seeds, rounds=args.rounds, jobs=args.jobs,
         teacher_opts=teacher_opts, student_opts=student_opts, unlabeled_dataset=args.unlabeled,
         unlabeled_limit=limit, groundtruth=args.groundtruth,
-        label_kwargs={"score_threshold": args.threshold} if args.threshold is not None else None)
+        label_kwargs={"score_threshold": args.threshold} if args.threshold is not None else None, mode=args.mode)
     print(f"\nSelf-training, {len(seeds)} paired seed(s), pseudo-label threshold {result['threshold']}:")
     print(self_training_table(result))
     print("\n" + self_training_margin(result))
+    for row in result["rounds"]:
+        if "online_teacher" in row:  # --mode online: the EMA teachers and their pseudo-boxes
+            t, n = row["online_teacher"]["box AP"], row["pseudo_boxes_per_image"]
+            print(f"round {row['round']}: EMA teacher box AP {t['mean']:.2f} ± {t['std']:.2f}; the students' "
+                  f"last pseudo-boxes per unlabeled image {n['mean']:.2f} ± {n['std']:.2f}")
     plot = plot_pseudo_label_curves(result, os.path.join(args.output_dir, "pseudo_label_curve.png"))
     print(f"\nresults: {os.path.join(args.output_dir, RESULT_FILE)}, pseudo-label curve: {plot}")
     return 0

@@ -5,6 +5,9 @@ Export a detpre pretraining checkpoint as a detectron2 model-zoo .pkl that MODEL
     python tools/convert_pretrained.py --input output/demo/soco/model_final.pth \
         --output soco.pkl [--detector mask_rcnn] [--ema] [--config-file FINETUNE_CONFIG]
 
+--detector defaults to what the checkpoint's method declares (``export_detector``: rpn_box_head for
+box pretraining), else mask_rcnn.
+
 Only the online weights (or, with --ema, the momentum target's) that the detector takes are written:
 Mask R-CNN / Faster R-CNN: backbone + FPN + RoI box head; RetinaNet and backbone_fpn: backbone + FPN
 (backbone_fpn: for any FPN detector that keeps its own box head init); backbone: the ResNet;
@@ -45,7 +48,8 @@ def main(argv=None):
                         "torchvision state_dict")
     p.add_argument("--num-classes", type=int, default=1000,
                    help="with --format torchvision: rows of the (zero) fc layer")
-    p.add_argument("--detector", default="mask_rcnn", choices=sorted(DETECTOR_PREFIXES))
+    p.add_argument("--detector", default="", choices=["", *sorted(DETECTOR_PREFIXES)],
+                   help="the parts to export (default: what the checkpoint's method declares, else mask_rcnn)")
     p.add_argument("--ema", action="store_true", help="export the momentum target (EMA) weights")
     p.add_argument("--config-file", default="",
                    help="the fine-tuning config to check against (default: the checkpoint's own config); with "
@@ -58,7 +62,7 @@ def main(argv=None):
         weights, report, arch, against = export_checked(args.input, args.detector, args.ema, args.config_file)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e} Nothing written.")
-    print(f"{args.input}: {arch}, {'EMA target' if args.ema else 'online'} weights for {args.detector}")
+    print(f"{args.input}: {arch}, {'EMA target' if args.ema else 'online'} weights for {report['detector']}")
     print(f"exported {len(weights)} tensors; they fill {len(report['filled'])} keys of the detector of {against}")
     if report["unused"]:
         print(f"warning: {len(report['unused'])} exported keys are not in the detector "

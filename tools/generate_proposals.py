@@ -4,7 +4,7 @@ Selective-search proposals for SoCo, in detectron2's precomputed-proposal format
 
     python tools/generate_proposals.py --dataset detpre_demo_unlabeled --output props.pkl
     python tools/generate_proposals.py --image-dir DIR --output props.pkl [--workers N]
-    python tools/generate_proposals.py --config-file cfg.yaml --dataset NAME --output p.pkl
+    python tools/generate_proposals.py --config-file cfg.yaml --dataset NAME --output p.pkl [KEY VALUE ...]
     # several machines: one slice each, then join them (same arguments on every machine)
     python tools/generate_proposals.py --dataset NAME --output p.0.pkl --shard 0/2
     python tools/generate_proposals.py --dataset NAME --output p.1.pkl --shard 1/2
@@ -25,6 +25,9 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+# a worker process takes seconds to start (it imports detpre): more than a few dozen images take
+IMAGES_PER_WORKER = 32
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +39,8 @@ def parse_args(argv=None):
                      help="join shard files: --merge OUT SHARD0 SHARD1 ...")
     p.add_argument("--config-file", default="", help="config whose DATASETS.* to register")
     p.add_argument("--output", help="proposal file to write (.pkl)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"processes (default: all cores, one per {IMAGES_PER_WORKER} images at most)")
     p.add_argument("--shard", default="0/1", help="i/N: process the i-th of N slices")
     p.add_argument("--chunk-size", type=int, default=256, help="images per saved chunk")
     p.add_argument("--overwrite", action="store_true", help="regenerate an existing output")
@@ -53,7 +57,11 @@ def parse_args(argv=None):
     f.add_argument("--max-proposals", type=int, default=100, help="keep the K best per image")
     f.add_argument("--no-filter", action="store_true",
                    help="keep every box (still de-duplicated and capped at --max-proposals)")
-    return p.parse_args(argv)
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="config overrides KEY VALUE ... (e.g. the DATASETS.COCO that registers --dataset)")
+    args = p.parse_args(argv)
+    args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    return args
 
 
 def load_records(args):
@@ -69,7 +77,7 @@ def load_records(args):
 
     if args.config_file and not os.path.isfile(args.config_file):
         raise DetpreFileNotFoundError(f"--config-file {args.config_file}: no such file")
-    cfg = get_detpre_cfg(args.config_file or None)  # a missing _BASE_: a DetpreError
+    cfg = get_detpre_cfg(args.config_file or None, args.opts)  # a missing _BASE_, a bad key: a DetpreError
     register_from_config(cfg)
     if args.dataset not in DatasetCatalog.list():
         raise DetpreError(f"--dataset {args.dataset!r} is not registered: name one of the config's "
@@ -119,10 +127,13 @@ def _main(argv=None):
     else:
         filt = ProposalFilter(args.max_aspect_ratio, args.min_size_ratio, args.max_size_ratio,
                               args.min_side, args.max_proposals)
+    records = load_records(args)
+    workers = args.workers if args.workers is not None else max(
+        1, min(os.cpu_count() or 1, len(records) // max(1, n) // IMAGES_PER_WORKER))
     summary = generate_proposals(
-        load_records(args), args.output, backend=args.backend,
+        records, args.output, backend=args.backend,
         backend_kwargs=_json_arg(args.backend_args), proposal_size=args.proposal_size,
-        proposal_filter=filt, workers=args.workers, shard=(i, n), chunk_size=args.chunk_size,
+        proposal_filter=filt, workers=workers, shard=(i, n), chunk_size=args.chunk_size,
         overwrite=args.overwrite)
     for file_name, reason in summary["errors"]:
         print(f"unreadable image: {printable_name(file_name)}: {reason}")

@@ -32,8 +32,8 @@ def _warn_random_eval(args):
     a randomly initialized model, which detectron2 does without a word: one line says so."""
     from detectron2.utils import comm
 
+    from detpre.checkpoint import checkpoint_candidates
     from detpre.config import get_detpre_cfg
-    from detpre.utils.checkpoint_io import checkpoint_candidates
 
     cfg = get_detpre_cfg(args.config_file, args.opts)
     if cfg.MODEL.WEIGHTS or (args.resume and checkpoint_candidates(cfg.OUTPUT_DIR)) or not comm.is_main_process():

@@ -8,15 +8,15 @@ import tempfile
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
+from detpre.checkpoint import DetpreCheckpointer, checkpoint_candidates
 from detpre.config import get_detpre_cfg
 from detpre.data.datasets import register_from_config
 from detpre.errors import DetpreError
 from detpre.registry import TRAINER_REGISTRY
-from detpre.utils.checkpoint_io import checkpoint_candidates
 
 from . import self_training  # noqa: F401  (registers SelfTrainingTrainer)
-from .checkpointer import DetpreCheckpointer
 from .guard import TrainingInterrupted, lock_output_dir
 from .launch import detect_environment
 from .trainer import Trainer
@@ -75,6 +75,8 @@ def setup(args, cfg=None):
         cfg.freeze()
         check_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
+    # detpre's own warnings (a collapse, an empty teacher) in log.txt too, as detectron2's are
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detpre", abbrev_name="detpre")
     register_from_config(cfg)
     return cfg
 

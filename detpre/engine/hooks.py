@@ -88,3 +88,4 @@ class ERFRefresh(HookBase):
     def before_step(self):
         if self.trainer.iter % self.period == 0:
             unwrap_model(self.trainer.model).request_erf_refresh()
+

@@ -24,7 +24,10 @@ from detpre._compat import write_metrics
 from detpre.data.self_training import build_self_training_loader
 from detpre.registry import TRAINER_REGISTRY
 
-from . import self_training_hooks  # noqa: F401  (registers the PseudoLabel hook)
+from . import (
+    online_teacher,  # noqa: F401  (registers OnlineTeacherTrainer: MODE online)
+    self_training_hooks,  # noqa: F401  (registers the PseudoLabel hook)
+)
 from .amp import AMPStep, MixedPrecision
 from .trainer import Trainer
 
@@ -147,19 +150,24 @@ class SelfTrainingTrainer(Trainer):
 
     @classmethod
     def applies_to(cls, cfg):
-        return bool(cfg.MODEL.SELF_TRAINING.ENABLED)
+        # MODE online is OnlineTeacherTrainer's (detpre.engine.online_teacher)
+        return bool(cfg.MODEL.SELF_TRAINING.ENABLED) and str(cfg.MODEL.SELF_TRAINING.MODE).lower() != "online"
 
     def __init__(self, cfg):
         if not cfg.MODEL.SELF_TRAINING.ENABLED:
             raise ValueError("SelfTrainingTrainer needs MODEL.SELF_TRAINING.ENABLED: True")
         super().__init__(cfg)
-        st = self.cfg.MODEL.SELF_TRAINING  # scaled by auto_scale_workers
+        self.checkpointer.checkpointables["self_training"] = self.loss_normalizer
+
+    def build_step(self, cfg, base):
+        """``SelfTrainingStep`` (two streams, normalized losses) on the plain (or AMP) step; ``cfg``
+        is scaled by auto_scale_workers."""
+        base = super().build_step(cfg, base)
+        st = cfg.MODEL.SELF_TRAINING
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
-        base = self._trainer
-        self._trainer = SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer,
-                                         getattr(base, "precision", None))
-        self.checkpointer.checkpointables["self_training"] = self.loss_normalizer
+        return SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer,
+                                getattr(base, "precision", None))
 
     @classmethod
     def build_train_loader(cls, cfg):

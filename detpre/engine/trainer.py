@@ -1,8 +1,17 @@
 """
-``Trainer``: detectron2's DefaultTrainer with the loader, optimizer, hooks and evaluators picked
-from detpre's config keys (the ``build_*`` classmethods). Beyond those it wraps the inner step in
-``AMPStep`` (SOLVER.AMP on any device), checkpoints atomically with the optimizer state, scales
-detpre's iteration keys with the world size and resumes the data stream where a run stopped.
+``Trainer``: detectron2's DefaultTrainer with its parts picked from detpre's config keys. What it
+overrides, and why:
+
+- ``build_train_loader`` / ``build_test_loader`` / ``build_optimizer`` / ``build_lr_scheduler`` /
+  ``build_evaluator`` / ``build_hooks``: detpre's registries (the method's declared mapper and
+  hooks, LARS, the cosine schedule, re-ID evaluators, a writer that also reports every ~20 s);
+- ``build_step``: the inner step, once, in ``__init__``: detectron2's SimpleTrainer, in
+  ``AMPStep`` when SOLVER.AMP is on (any device); subclasses build theirs on top of it;
+- ``__init__``: ``DetpreCheckpointer`` (atomic saves, safe loads, a --resume past a broken file)
+  carrying the run info tools read, and ``auto_scale_workers`` with detpre's iteration keys;
+- ``resume_or_load``: the data stream continues where the checkpointed run stopped;
+- ``train``: OUTPUT_DIR's lock and Ctrl-C (checkpoint, then the resume command);
+- ``state_dict`` / ``load_state_dict``: the optimizer's state too (v0.6 saves none).
 """
 import os
 import shlex
@@ -12,16 +21,15 @@ import weakref
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 
+from detpre.checkpoint import DetpreCheckpointer, is_finished
 from detpre.data.build import build_test_loader, build_train_loader
 from detpre.data.transforms.batched_views import maybe_gpu_augment
 from detpre.evaluation import build_evaluator
 from detpre.method import declared_hooks
 from detpre.registry import HOOK_REGISTRY
 from detpre.solver import build_lr_scheduler, build_optimizer
-from detpre.utils.checkpoint_io import is_finished
 
 from .amp import AMPStep, MixedPrecision
-from .checkpointer import DetpreCheckpointer
 from .guard import StopOnInterrupt, StopRequested, TrainingInterrupted, lock_output_dir
 from .writer import TimedPeriodicWriter
 
@@ -56,7 +64,8 @@ def _without_amp(cfg):
 class Trainer(DefaultTrainer):
     # detpre's schedule keys counted in iterations: scaled with MAX_ITER by auto_scale_workers
     ITERATION_KEYS = ("MODEL.SPCL.CLUSTER_PERIOD", "MODEL.JIGSAW.ERF_PERIOD",
-                      "MODEL.SELF_TRAINING.REFRESH_PERIOD", "MODEL.SELF_TRAINING.LOSS_NORM_WARMUP")
+                      "MODEL.SELF_TRAINING.REFRESH_PERIOD", "MODEL.SELF_TRAINING.LOSS_NORM_WARMUP",
+                      "DETPRE.COLLAPSE.PERIOD")
 
     def __init__(self, cfg):
         # DefaultTrainer calls DefaultTrainer.auto_scale_workers, which misses detpre's keys;
@@ -66,10 +75,7 @@ class Trainer(DefaultTrainer):
         # AMPTrainer is CUDA- and float16-only and makes the deprecated torch.cuda.amp.GradScaler
         super().__init__(_without_amp(cfg))
         self.cfg = cfg
-        if cfg.SOLVER.AMP.ENABLED:
-            base = self._trainer
-            self._trainer = AMPStep(base.model, base.data_loader, base.optimizer,
-                                    MixedPrecision.from_config(cfg))
+        self._trainer = self.build_step(cfg, self._trainer)
         # atomic saves, a --resume that skips a corrupt latest checkpoint, checked MODEL.WEIGHTS
         self.checkpointer = DetpreCheckpointer(
             self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
@@ -77,6 +83,14 @@ class Trainer(DefaultTrainer):
         for h in self._hooks:
             if isinstance(h, hooks.PeriodicCheckpointer):
                 h.checkpointer = self.checkpointer
+
+    def build_step(self, cfg, base):
+        """The step that runs one iteration, from DefaultTrainer's SimpleTrainer ``base`` (its model,
+        loader and optimizer): ``base``, or ``AMPStep`` around them when SOLVER.AMP is on.
+        Subclasses that train otherwise (self-training) build their step from this one's."""
+        if not cfg.SOLVER.AMP.ENABLED:
+            return base
+        return AMPStep(base.model, base.data_loader, base.optimizer, MixedPrecision.from_config(cfg))
 
     @classmethod
     def auto_scale_workers(cls, cfg, num_workers):

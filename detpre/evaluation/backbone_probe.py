@@ -23,10 +23,13 @@ from .feature_dimension import feature_dimension
 
 __all__ = [
     "extract_crops", "read_backbone_weights", "build_probe_backbone", "extract_features",
-    "knn_predict", "linear_probe", "evaluate_backbone",
+    "knn_predict", "linear_probe", "evaluate_backbone", "MIN_PROBE_CROPS",
 ]
 
 PREFIX = "backbone.bottom_up."
+# below this many crops on either side one crop moves top-1 by over 2 points: the probe's
+# differences between inits are within that noise, so its numbers are not a verdict
+MIN_PROBE_CROPS = 50
 
 
 def extract_crops(dataset_dicts, size=64, min_box=8, image_format="RGB", dataset_name="data set"):
@@ -161,6 +164,8 @@ def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=20,
     ``k`` is capped at a tenth of the memory: InstDisc's 200 neighbours are for 1.28M images; on
     a few hundred crops they are nearly the whole memory and kNN only predicts the class prior.
     ``feature_dim``: each ResNet stage's participation ratio on the query crops (``feature_dimension``).
+    ``cannot_discriminate``: why the accuracies tell inits apart by nothing but chance (one class in
+    the memory: every query gets it; fewer than ``MIN_PROBE_CROPS`` crops on a side), else None.
     """
     fmt = cfg.INPUT.FORMAT
     tr_x, tr_y = extract_crops(train_dicts, crop_size, image_format=fmt, dataset_name="train set")
@@ -179,7 +184,8 @@ def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=20,
                                  list(backbone.output_shape()))
     finally:
         backbone.train(was_training)
-    res = {"num_train": len(tr_y), "num_test": len(te_y), "num_classes": num_classes, "feature_dim": dims}
+    res = {"num_train": len(tr_y), "num_test": len(te_y), "num_classes": num_classes, "feature_dim": dims,
+           "cannot_discriminate": _cannot_discriminate(tr_y, te_y)}
     k = max(1, min(k, len(tr_y) // 10))
     res["knn_k"] = k
     pred = knn_predict(f_tr, tr_y, f_te, num_classes, k, temperature)
@@ -188,5 +194,16 @@ def evaluate_backbone(cfg, weights, train_dicts, test_dicts, crop_size=64, k=20,
         pred = linear_probe(f_tr, tr_y, f_te, num_classes)
         res["linear_top1"] = 100.0 * (pred == te_y).float().mean().item()
     logging.getLogger(__name__).info("backbone probe: %s", res)
+    if res["cannot_discriminate"]:
+        logging.getLogger(__name__).warning("backbone probe: its top-1 tells nothing: %s", res["cannot_discriminate"])
     return res
 
+
+def _cannot_discriminate(train_labels, test_labels):
+    """Why a probe on these crops cannot rank backbones (see ``evaluate_backbone``), or None."""
+    if len(torch.unique(train_labels)) < 2:
+        return "one class in the probe's crops (every query gets it)"
+    if min(len(train_labels), len(test_labels)) < MIN_PROBE_CROPS:
+        return (f"too few crops ({len(train_labels)} train, {len(test_labels)} test; the probe needs "
+                f"{MIN_PROBE_CROPS} of each)")
+    return None

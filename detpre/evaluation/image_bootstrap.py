@@ -4,7 +4,7 @@ drawn as well as the seeds.
 
 A paired t-interval over seeds misses the evaluation set's own sampling: every init is scored on the
 same images, so whatever they happen to favour is shared by all seeds and looks like signal (the
-demo's 50-image `val` moved a difference by ~1.5 box AP; docs/transfer.md, section 6). COCO AP is not
+demo's 50-image `val` moved a difference by ~1.5 box AP; docs/findings/transfer.md, section 6). COCO AP is not
 a mean over images, so resampling needs COCOeval's per-image matches, computed once per model:
 weighting each image's detections and ground truth by how often a resample drew it gives exactly the
 AP of a data set with those images repeated (tested against COCOeval on such a data set), with no

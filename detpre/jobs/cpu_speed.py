@@ -1,7 +1,7 @@
 """
 How fast this machine trains the demo's networks: one thread's forward + backward of the demo
 detector's ResNet-18 + FPN on a fixed batch. CPUs differ several-fold in it (2.6x between an
-AVX2-only and an AVX-512 machine, docs/transfer.md section 12), so a time estimate measured on one
+AVX2-only and an AVX-512 machine, docs/findings/transfer.md section 12), so a time estimate measured on one
 machine is scaled by this ratio before it is printed on another.
 """
 import time

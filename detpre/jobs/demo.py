@@ -3,8 +3,9 @@
 (class-agnostic, on `train`'s own boxes; ``--methods`` adds SoCo on the `unlabeled` split's
 selective-search proposals, Jigsaw on `train`'s own boxes, Fast-MoCo, MoCo v3) is pretrained,
 exported and fine-tuned into the tiny Mask R-CNN on `train`
-with S seeds, next to random init with the same seeds and budget; AP on `val`, the paired margin
-and its interval.
+with S seeds, next to random init with the same seeds and budget and, for a method trained on
+`train`'s own labels (box pretraining, Jigsaw), random init given its pretraining iterations as
+fine-tuning too (equal total compute); AP on `val`, the paired margins and their intervals.
 ``smoke=True`` runs every method's pipeline (and the self-training benchmark and SpCL) for a
 handful of iterations: CI's check that the newcomer's path works.
 """
@@ -14,47 +15,35 @@ from typing import Any, Dict, Sequence
 from .runner import run_logged, run_parallel, say, tool_command, train
 from .transfer import Method, run_transfer
 
-__all__ = ["DEMO_DEFAULT", "DEMO_METHODS", "DEMO_NOTES", "DEMO_TRANSFER", "FINETUNE_CONFIG", "check_output_data",
-           "cpu_speed_factor", "expected_seconds", "run_demo", "run_smoke_extras"]
+__all__ = ["DEMO_DEFAULT", "FINETUNE_CONFIG", "demo_methods", "check_output_data", "cpu_speed_factor",
+           "expected_seconds", "run_demo", "run_smoke_extras"]
 
 FINETUNE_CONFIG = "configs/demo/mask_rcnn_R18_FPN_tiny.yaml"
-# The demo's fine-tuning budget: 160 iterations at twice the config's LR, so that 3 seeds of
-# random init and of one pretraining, each evaluated on the 300 `val` images, fit 15 minutes on 2 cores
-# (the config's own 500 iterations take ~6 minutes a run). `make demo-long` runs 600.
+# The demo's fine-tuning budget: 160 iterations at twice the config's LR (the config's own 500
+# take ~6 minutes a run). 3 seeds of random init, box pretraining and its 460-iteration control,
+# each evaluated on the 300 `val` images, take ~20 minutes on 2 cores. `make demo-long` runs 600.
 FINETUNE_OPTS = ["SOLVER.MAX_ITER", "160", "SOLVER.STEPS", "(128,)", "SOLVER.WARMUP_ITERS", "20",
                  "SOLVER.BASE_LR", "0.02"]
-DEMO_METHODS = {
-    "soco": "configs/demo/soco_R18_FPN_tiny.yaml",
-    "jigsaw": "configs/demo/jigsaw_R18_tiny.yaml",
-    "fastmoco": "configs/demo/fastmoco_R18_tiny.yaml",
-    "mocov3": "configs/demo/mocov3_R18_tiny.yaml",
-    "agnostic": "configs/demo/agnostic_R18_FPN_tiny.yaml",
-}
-# What `make demo` runs (`make demo-soco` adds SoCo: all three from scratch take ~18 minutes)
+# What `make demo` runs (`make demo-soco` adds SoCo: all three from scratch take ~18 minutes).
+# The methods, their demo configs, exports and notes: each method's declaration (detpre.method).
 DEMO_DEFAULT = ("agnostic",)
-# A line printed under the table for a method whose row needs reading with it
-DEMO_NOTES = {
-    "agnostic": "agnostic = box pretraining: the same R-CNN trained first on train's own boxes with labels "
-                "dropped (configs/demo/agnostic_R18_FPN_tiny.yaml). docs/transfer.md section 11 compares it "
-                "with random init given those extra iterations as ordinary fine-tuning.",
-}
-# What each export gives the demo's Mask R-CNN (``detpre.checkpoint.DETECTOR_PREFIXES``). SoCo
-# gives its ResNet + FPN but not its 4conv1fc box head: after minutes of pretraining that head is
-# a worse start than a random one (measured in docs/transfer.md: -0.79 box AP [-1.30, -0.28] with
-# it, above random init without it). Box pretraining (ClassAgnosticRCNN) gives everything but the
-# class-specific layers: with its RPN it is +3.75 box AP, without it +2.37 (docs/transfer.md
-# section 11). The other methods train only the ResNet.
-DEMO_TRANSFER = {"soco": "backbone_fpn", "agnostic": "rpn_box_head"}
-# Seconds per iteration measured on a 2-core machine (AVX-512, 2026-12-02), one thread per run,
-# two runs at once: only for the time estimate printed before the demo starts, scaled to this
-# machine by ``cpu_speed_factor`` (an AVX2-only CPU trains 2.6x slower). _REFERENCE_STEP_S is
-# that machine's ``cpu_speed.step_seconds``. A 600-iteration fine-tuning run takes ~7.5 minutes.
-_S_PER_ITER = {"soco": 1.2, "agnostic": 0.55, "jigsaw": 0.3, "fastmoco": 1.7, "mocov3": 1.5, "finetune": 0.7}
+# Seconds per fine-tuning iteration measured on a 2-core machine (AVX-512, 2026-12-02), one thread
+# per run, two runs at once (a method's pretraining: its ``DemoEntry.s_per_iter``): only for the
+# time estimate printed before the demo starts, scaled to this machine by ``cpu_speed_factor``.
+# _REFERENCE_STEP_S is that machine's ``cpu_speed.step_seconds``.
+_FINETUNE_S_PER_ITER = 0.7
 _REFERENCE_STEP_S = 0.16
 _S_PER_RUN = 25  # process start and data set loading; for fine-tuning, the evaluation on the 300 `val` images
 _DATA_STAMP = "demo_data.json"  # in the output dir: the data and fine-tuning options of its results
 _SMOKE_ITERS = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
                 "SOLVER.CHECKPOINT_PERIOD", "3"]
+
+
+def demo_methods():
+    """``{demo name: DemoEntry}`` of every method (``detpre.method.demo_entries``)."""
+    from detpre.method import demo_entries
+
+    return {name: entry for name, (_, entry) in demo_entries().items()}
 
 
 def cpu_speed_factor() -> float:
@@ -71,18 +60,21 @@ def expected_seconds(methods: Sequence[str], seeds: Sequence[int], jobs: int = 2
     by ``jobs`` cores, plus data, proposals, exports, probes and the `val` images' bootstrap, on a
     machine ``speed`` times slower than the one that measured it (``cpu_speed_factor``)."""
     from detpre.config import get_detpre_cfg
+    from detpre.method import trains_on_judged_labels
 
     from .runner import repo_path
 
-    def it(cfg, opts=()):
-        return get_detpre_cfg(repo_path(cfg), list(opts)).SOLVER.MAX_ITER
-
-    pre = sum(it(DEMO_METHODS[m]) * _S_PER_ITER[m] + _S_PER_RUN for m in methods)
-    ft_iters = it(FINETUNE_CONFIG, [*FINETUNE_OPTS, *finetune_opts])
-    per_run = ft_iters * _S_PER_ITER["finetune"] + _S_PER_RUN
-    ft = per_run * (len(methods) + 1) * len(seeds)
-    # + per method, its `val` images' bootstrap: ~1 s to match each of 2 x seeds runs, ~400 resamples
-    return speed * (60 + 20 * (len(methods) + 1) + 4 * len(seeds) * len(methods) + (pre + ft) / max(1, jobs))
+    entries = demo_methods()
+    ft_cfg = get_detpre_cfg(repo_path(FINETUNE_CONFIG), [*FINETUNE_OPTS, *finetune_opts])
+    pre, totals = 0.0, set()
+    for m in methods:
+        cfg = get_detpre_cfg(repo_path(entries[m].config))
+        pre += cfg.SOLVER.MAX_ITER * entries[m].s_per_iter + _S_PER_RUN
+        if trains_on_judged_labels(cfg, ft_cfg):  # its control: random init for the total iterations
+            totals.add(ft_cfg.SOLVER.MAX_ITER + cfg.SOLVER.MAX_ITER)
+    ft_iters = [ft_cfg.SOLVER.MAX_ITER] * (len(methods) + 1) + sorted(totals)
+    ft = sum(n * _FINETUNE_S_PER_ITER + _S_PER_RUN for n in ft_iters) * len(seeds)
+    return speed * (60 + 20 * len(ft_iters) + 4 * len(seeds) * len(ft_iters) + (pre + ft) / max(1, jobs))
 
 
 def check_output_data(output_dir: str, stamp: Dict[str, Any]) -> None:
@@ -123,16 +115,17 @@ def run_demo(methods: Sequence[str] = DEMO_DEFAULT, seeds: Sequence[int] = (0, 1
     from detpre.data.datasets import register_demo
     from detpre.data.datasets.demo_gen import read_demo_marker
 
-    unknown = [m for m in methods if m not in DEMO_METHODS]
+    entries = demo_methods()
+    unknown = [m for m in methods if m not in entries]
     if unknown:
-        raise ValueError(f"unknown demo methods {unknown}: use some of {sorted(DEMO_METHODS)}")
+        raise ValueError(f"unknown demo methods {unknown}: use some of {sorted(entries)}")
     root = register_demo()
     n = {s: len(DatasetCatalog.get(f"detpre_demo_{s}")) for s in ("train", "val", "unlabeled")}
     say(f"[demo] data: {n} images under {root}")
     extra = _SMOKE_ITERS if smoke else []
     opts = [str(o) for o in (*FINETUNE_OPTS, *extra, *finetune_opts)]
     check_output_data(output_dir, {"data": read_demo_marker(root), "finetune_opts": opts})  # just loaded
-    ms = [Method(m, DEMO_METHODS[m], extra, DEMO_TRANSFER.get(m, "mask_rcnn")) for m in methods]
+    ms = [Method(m, entries[m].config, extra, entries[m].detector) for m in methods]
     return run_transfer(ms, FINETUNE_CONFIG, output_dir, seeds=seeds, jobs=jobs,
                         finetune_opts=opts)
 

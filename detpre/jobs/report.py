@@ -20,8 +20,11 @@ def _pm_n(s):
 
 
 def _diff(d):
+    """A paired difference with its interval; the mean alone where there is none (one seed)."""
     if d is None:
         return "-"
+    if math.isnan(d["low"]):
+        return f"{d['mean']:+.2f}"
     return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" + (" *" if d["excludes_zero"] else "")
 
 
@@ -39,28 +42,112 @@ def _margin_lines(diffs, both, metrics, text, baseline):
             for m in metrics if not math.isnan(diffs[m]["mean"])]
 
 
+MIN_EVAL_IMAGES = 50  # fewer: a bootstrap over the evaluation images barely knows their spread
+
+
+def _measured(s):
+    """Whether a summary entry (``_summary``'s) holds a number: mask AP of a detector without a mask
+    head is NaN in every run."""
+    return any(not math.isnan(v) for v in s.get("values", ()))
+
+
+def _probe_cell(p, key):
+    """A probe's top-1 (None: no measurement, the probe cannot tell backbones apart)."""
+    v = p.get(key)
+    return None if v is None or p.get("cannot_discriminate") else f"{v:.1f}"
+
+
+def _ap_cells(r, metric):
+    """Mean ± std, Δ [seeds], Δ [seeds + images] of ``metric`` (None where nothing was measured:
+    no run reported it, no interval over the images; "-" for random init against itself)."""
+    s = r["summary"][metric]
+    if not _measured(s):
+        return [None, None, None]
+    if "vs_random" not in s:
+        return [_pm_n(s), "-", "-"]
+    both = s.get("vs_random_images")
+    return [_pm_n(s), _diff(s["vs_random"]), _diff(both) if both and not math.isnan(both["low"]) else None]
+
+
+def _control_cell(r, metric):
+    """Δ ``metric`` to the row's equal-compute control (random init given the same total iterations),
+    over seeds and images where known, else over seeds; "-" for a row without a control."""
+    s = r["summary"][metric]
+    if "vs_control" not in s:
+        return "-"
+    if not _measured(s):
+        return None
+    both = s.get("vs_control_images")
+    return _diff(both if both and not math.isnan(both["low"]) else s["vs_control"])
+
+
+def _interval_lines(result):
+    """What the intervals rest on: the seeds and the evaluation images, with a warning when few."""
+    n = len(result["seeds"])
+    images = [d["num_images"] for r in result["rows"] for s in r["summary"].values()
+              for d in (s.get("vs_random_images"),) if d]
+    num = max(images, default=None)
+    if n < 2:
+        lines = [f"one seed{f'; {num} evaluation images' if num else ''}: each Δ is one pair of runs, no interval "
+                 "(the seed noise is unknown)"]
+    else:
+        lines = [f"95% intervals over {n} paired seeds" + (f"; seeds + images: over the seeds and the {num} "
+                                                           "evaluation images (a bootstrap)" if num else "")]
+    if num and num < MIN_EVAL_IMAGES:
+        lines.append(f"warning: only {num} evaluation images (< {MIN_EVAL_IMAGES}): " + (
+            "the interval over them rests on few images and understates their noise" if n > 1 else
+            "their AP moves with every image") + "; evaluate on more for a verdict")
+    return lines
+
+
 def transfer_table(result: Dict[str, Any]) -> str:
     """Markdown: per init, pretraining cost, probe top-1, res4's effective dimension (a collapse
     shows there: ``detpre.evaluation.feature_dimension``), AP mean ± std over seeds and the paired
     difference to random init with its 95% interval over seeds, and for box and mask AP over seeds
-    and evaluation images (``*``: the interval excludes 0)."""
-    table = []
-    for r in result["rows"]:
-        c, p, s = r["pretrain"], r["probe"], r["summary"]
-        table.append([
+    and evaluation images (``*``: the interval excludes 0). Lines above the table say how many seeds
+    and images the intervals rest on; a column nothing was measured for (mask AP without a mask head,
+    a probe on one class) is left out with a line saying why; a single missing value reads ``n/a``."""
+    rows = result["rows"]
+    cells = []
+    for r in rows:
+        c, p = r["pretrain"], r["probe"]
+        cells.append([
             r["init"],
-            "-" if c is None else f"{c['train_s']:.0f}s / {c['iters']} it",
-            "-" if c is None else f"{c['images_per_s']:.1f}",
-            f"{p['knn_top1']:.1f}", f"{p.get('linear_top1', math.nan):.1f}",
-            _dim(p, "res4"),
-            _pm(s["box AP"]), _diff(s["box AP"].get("vs_random")), _diff(s["box AP"].get("vs_random_images")),
-            _pm(s["box AP50"]), _pm(s["mask AP"]), _diff(s["mask AP"].get("vs_random")),
-            _diff(s["mask AP"].get("vs_random_images")),
+            "-" if c is None else (f"{c['iters']} it" if math.isnan(c["train_s"]) else
+                                   f"{c['train_s']:.0f}s / {c['iters']} it"),
+            "-" if c is None else (None if math.isnan(c["images_per_s"]) else f"{c['images_per_s']:.1f}"),
+            _probe_cell(p, "knn_top1"), _probe_cell(p, "linear_top1"), _dim(p, "res4"),
+            *_ap_cells(r, "box AP"), _ap_cells(r, "box AP50")[0], *_ap_cells(r, "mask AP"),
+            _control_cell(r, "box AP"), _control_cell(r, "mask AP"),
         ])
     headers = ["init", "pretrain", "img/s", "kNN top-1", "linear top-1", "res4 dim", "box AP",
                "Δ box AP [95% CI]", "Δ box AP [95% CI, seeds + images]", "box AP50", "mask AP", "Δ mask AP [95% CI]",
-               "Δ mask AP [95% CI, seeds + images]"]
-    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+               "Δ mask AP [95% CI, seeds + images]", "Δ box AP vs same-total control",
+               "Δ mask AP vs same-total control"]
+    probe = next((r["probe"]["cannot_discriminate"] for r in rows if r["probe"].get("cannot_discriminate")),
+                 "not measured")
+    mask = "mask AP: no run reported it (the detector has no mask head)"
+    images = ("seeds + images: one seed, no interval" if len(result["seeds"]) < 2 else
+              "seeds + images: no interval over the evaluation images (no COCO json of them, or a run without "
+              "its final results file)")
+    no_mask = not any(_measured(r["summary"]["mask AP"]) for r in rows)
+    why = {"img/s": "pretraining seconds and img/s: no iteration time logged (too few iterations)",
+           "kNN top-1": f"kNN / linear top-1: {probe}", "linear top-1": f"kNN / linear top-1: {probe}",
+           "Δ box AP [95% CI, seeds + images]": images, "mask AP": mask, "Δ mask AP [95% CI]": mask,
+           "Δ mask AP [95% CI, seeds + images]": mask if no_mask else images,
+           "Δ box AP vs same-total control": "", "Δ mask AP vs same-total control": mask if no_mask else ""}
+    keep = [j for j, h in enumerate(headers) if h not in why or any(row[j] not in (None, "-") for row in cells)]
+    # (no control column without a method that has one: nothing was left unmeasured)
+    dropped = dict.fromkeys(why[h] for j, h in enumerate(headers) if j not in keep and why[h])
+    missing = dict.fromkeys(why.get(headers[j], f"{headers[j]}: not measured") for j in keep
+                            if any(row[j] is None for row in cells))
+    table = tabulate([["n/a" if row[j] is None else row[j] for j in keep] for row in cells],
+                     headers=[headers[j] for j in keep], tablefmt="github", disable_numparse=True)
+    controls = [f"{r['init']}: random init fine-tuned {r['finetune_iters']} iterations, the pretraining + "
+                f"fine-tuning iterations of {', '.join(r['control_for'])} (trained on the labels it is judged on)"
+                for r in rows if r.get("control_for")]
+    return "\n".join([*_interval_lines(result), *controls, *(f"not shown: {w}" for w in dropped),
+                      *(f"n/a: {w}" for w in missing), table])
 
 
 def _verdict(d, baseline, noise="the seed noise"):
@@ -78,22 +165,37 @@ def _judged(line, d, both, baseline):
     noise = "the seed noise"
     if both and both["n"] > 1:
         line += (f", [{both['low']:+.2f}, {both['high']:+.2f}] counting the sampling of the "
-                 f"{both['num_images']} evaluation images too")
+                 f"{both['num_images']} evaluation images too"
+                 + (" (few images: that part of the interval is itself uncertain)"
+                    if both["num_images"] < MIN_EVAL_IMAGES else ""))
         d, noise = both, "the noise of seeds and evaluation images"
     return f"{line} -> {_verdict(d, baseline, noise)}."
 
 
 def margin_sentence(result: Dict[str, Any], metrics: Sequence[str] = ("box AP", "mask AP")) -> str:
-    """One line per method and metric saying what its margin over random init means (``_judged``);
-    a metric the detector does not report (mask AP of a Faster R-CNN) gets none."""
+    """One line per method and metric saying what its margin over random init means (``_judged``),
+    and for a method trained on the labels it is judged on, what its margin over random init given
+    the same total iterations means; a metric the detector does not report gets none."""
     n = len(result["seeds"])
-    lines = []
-    for r in result["rows"][1:]:
+
+    def lines_of(r, key, over, baseline):
         s = r["summary"]
-        lines += _margin_lines(
-            {m: s[m]["vs_random"] for m in metrics}, {m: s[m].get("vs_random_images") for m in metrics}, metrics,
-            lambda m, d, r=r: (f"{r['init']}: {m} {d['mean']:+.2f} over random init, 95% interval "
-                               f"[{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds"), "random init")
+        return _margin_lines(
+            {m: s[m][key] for m in metrics}, {m: s[m].get(f"{key}_images") for m in metrics}, metrics,
+            lambda m, d: f"{r['init']}: {m} {d['mean']:+.2f} over {over}" + (
+                f", 95% interval [{d['low']:+.2f}, {d['high']:+.2f}] over {n} paired seeds" if n > 1 else
+                " on one seed"), baseline)
+
+    lines, controls = [], [r for r in result["rows"][1:] if r.get("control_for")]
+    for r in result["rows"][1:]:
+        if r in controls:
+            continue
+        lines += lines_of(r, "vs_random", "random init", "random init")
+        if "control" in r:
+            lines += lines_of(r, "vs_control", f"{r['control']} (random init given the same total iterations)",
+                              r["control"])
+    for r in controls:
+        lines += lines_of(r, "vs_random", "random init (what the extra iterations alone give)", "random init")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
-from detpre.utils.checkpoint_io import is_finished
+from detpre.checkpoint import is_finished
 
 __all__ = ["REPO_ROOT", "repo_path", "tool_command", "run_logged", "run_parallel", "run_graph", "is_finished",
            "final_evaluation", "evaluate_weights", "end_steps",
@@ -243,14 +243,28 @@ def run_parallel(fns: Sequence[Callable[[], Any]], jobs: int = 1) -> List[Any]:
     return list(run_graph({i: (fn, ()) for i, fn in enumerate(fns)}, jobs).values())
 
 
+def _task_name(key: Hashable) -> str:
+    return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def _naming_task(e: BaseException, key: Hashable) -> BaseException:
+    """``e`` itself, its message led by the task that raised it (a step's message names its log), so
+    that callers' ``except`` clauses and the exception's attributes stay as they were."""
+    if isinstance(e, Exception) and e.args and isinstance(e.args[0], str):
+        e.args = (f"task {_task_name(key)} failed: {e.args[0]}", *e.args[1:])
+    return e
+
+
 def run_graph(tasks: Dict[Hashable, Tuple[Callable[..., Any], Sequence[Hashable]]],
               jobs: int = 1) -> Dict[Hashable, Any]:
     """
     ``tasks``: ``{key: (fn, deps)}`` in priority order; ``fn(*results of deps)`` runs once its
     deps are done, with at most ``jobs`` running at once, so a core never idles while some task
     is ready (the demo fine-tunes from random init while SoCo still pretrains). Returns
-    ``{key: result}`` in the order of ``tasks``; the first failure is raised once the running
-    tasks end, and no new task starts after it.
+    ``{key: result}`` in the order of ``tasks``. The first failure ends the other tasks' running
+    steps at once (``end_steps``: a training saves a checkpoint, so a rerun resumes it) rather than
+    letting them train for nothing, starts no new task or step, and is raised naming its task once
+    the running tasks return (a task computing in this process is not interrupted).
     """
     import concurrent.futures as cf
 
@@ -272,10 +286,13 @@ def run_graph(tasks: Dict[Hashable, Tuple[Callable[..., Any], Sequence[Hashable]
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for f in finished:
                 key = running.pop(f)
-                if f.exception() is not None:
-                    failed.append(f.exception())
-                else:
+                if f.exception() is None:
                     done[key] = f.result()
+                elif not failed:  # later failures are mostly the steps stopped here
+                    failed.append(_naming_task(f.exception(), key))
+                    say(f"[runner] task {_task_name(key)} failed; stopping the other tasks")
+                    _STOPPING.set()
+                    end_steps()
     if failed:
         raise failed[0]
     if pending:
@@ -323,8 +340,8 @@ _EVAL_LOCK = threading.Lock()  # evaluations in this process: one at a time (dat
 def evaluate_weights(cfg, weights: str) -> Dict[str, Any]:
     """AP of ``weights`` on ``cfg``'s DATASETS.TEST with its trainer's evaluators, in this process,
     flattened as the trainer's metrics.json has it (``bbox/AP``, ``segm/AP``, ...)."""
+    from detpre.checkpoint import DetpreCheckpointer
     from detpre.data.datasets import register_from_config
-    from detpre.engine.checkpointer import DetpreCheckpointer
     from detpre.engine.defaults import trainer_class
 
     with _EVAL_LOCK:

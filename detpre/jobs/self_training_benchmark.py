@@ -7,6 +7,12 @@ pseudo-labels differ. Student and control of a seed are paired; rows give mean +
 and the paired difference with its 95% t-interval, next to the teacher's AP and the pseudo-labels'
 precision / recall against the unlabeled set's evaluation-only ground truth (when it has one).
 
+``mode="online"`` (``--mode online``) benchmarks online self-training instead (one round): the
+student is the student config in MODEL.SELF_TRAINING.MODE online (an EMA teacher pseudo-labels the
+unlabeled images as training goes, ``detpre.engine.online_teacher``) from the trained teacher, its
+control the same config trained on the labeled images alone (same labeled batches, iterations, start
+and seed; no unlabeled pass); rows add the EMA teachers' AP and the students' pseudo-boxes per image.
+
 Round 1's teacher is trained once (``teacher_config``, SEED 0 unless ``teacher_opts`` say
 otherwise) and labels for every seed; round r > 1's teacher of seed s is round r - 1's student of
 seed s, and that round's control starts from it too: each round asks whether its own pseudo-labels
@@ -22,7 +28,7 @@ from detpre.config import get_detpre_cfg
 from detpre.errors import DetpreError
 from detpre.utils.io import write_json_atomic
 
-from .runner import final_evaluation, repo_path, run_graph, say, train
+from .runner import final_evaluation, metrics_records, repo_path, run_graph, say, train
 from .stats import ground_truth_json, image_interval, image_metrics, mean_std, paired_difference
 from .transfer import METRICS
 
@@ -41,7 +47,16 @@ def _trained(config, out_dir, opts, what):
     if not metrics:
         raise RuntimeError(f"{out_dir}: the {what} wrote no evaluation (bbox/AP) to metrics.json; does its "
                            "config set DATASETS.TEST?")
-    return {"weights": os.path.join(out_dir, "model_final.pth"), "metrics": metrics}
+    # an online student's pseudo-label health: logged during training, so not in the final
+    # evaluation's record (written at MAX_ITER); its last training record has it
+    health = next((r for r in reversed(metrics_records(out_dir)) if "pseudo/boxes_per_image" in r), {})
+    return {"weights": os.path.join(out_dir, "model_final.pth"), "metrics": metrics, "health": health}
+
+
+def online_control_opts():
+    """The control of an online student: the same config trained on its labeled images alone
+    (detpre's supervised Trainer: the online run's labeled stream, batch for batch, no unlabeled pass)."""
+    return ["MODEL.SELF_TRAINING.MODE", "offline", "MODEL.SELF_TRAINING.ENABLED", False]
 
 
 def _summary(values):
@@ -54,7 +69,8 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
                                 teacher_opts: Sequence[Any] = (), student_opts: Sequence[Any] = (),
                                 unlabeled_dataset: Optional[str] = None, unlabeled_limit: int = 0,
                                 groundtruth: Optional[str] = None,
-                                label_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                                label_kwargs: Optional[Dict[str, Any]] = None,
+                                mode: str = "offline") -> Dict[str, Any]:
     """
     Run the benchmark into ``output_dir``; returns ``{"rounds": [...], ...}`` (also written to
     ``output_dir/benchmark_self_training.json``). ``jobs`` trainings run at once (one thread each
@@ -70,6 +86,13 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
 
     if rounds < 1 or not seeds:
         raise DetpreError(f"--rounds {rounds} / --seeds {list(seeds)}: need at least one round and one seed")
+    mode = str(mode).lower()
+    if mode not in ("offline", "online"):
+        raise DetpreError(f"--mode {mode}: use offline or online")
+    online = mode == "online"
+    if online and rounds != 1:
+        raise DetpreError(f"--mode online --rounds {rounds}: online self-training is one run (its teacher "
+                          "follows the student as it trains); use --rounds 1")
     seeds = [int(s) for s in seeds]
     threads = 1 if jobs > 1 else None
     if threads:
@@ -127,7 +150,10 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     def train_job(kind, r, s):
         def run(teacher, labels=None):
             out = os.path.join(seed_dir(r, s), kind)
-            if kind == "student":
+            if online:
+                opts = (["MODEL.SELF_TRAINING.MODE", "online", "MODEL.SELF_TRAINING.UNLABELED_DATASET", unlabeled]
+                        if kind == "student" else online_control_opts())
+            elif kind == "student":
                 name, root, opts = pseudo_dataset_opts(labels["pseudo_labels"], unlabeled)
                 opts = ["DATASETS.COCO", [[name, labels["pseudo_labels"], root]], *opts]
             else:
@@ -140,6 +166,10 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     tasks = {("teacher",): (teacher_job, ())}
     for r in range(1, rounds + 1):
         for s in seeds:
+            if online:  # no pseudo-label files: the student's teacher labels each batch
+                tasks[("student", r, s)] = (train_job("student", r, s), (teacher_key(r, s),))
+                tasks[("control", r, s)] = (train_job("control", r, s), (teacher_key(r, s),))
+                continue
             if label_key(r, s) not in tasks:
                 tasks[label_key(r, s)] = (label_job(r, s), (teacher_key(r, s),))
             tasks[("student", r, s)] = (train_job("student", r, s), (teacher_key(r, s), label_key(r, s)))
@@ -149,16 +179,22 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     result = {"teacher_config": teacher_config, "student_config": student_config,
               "teacher_opts": _opt_str(teacher_opts), "student_opts": _opt_str(student_opts), "seeds": seeds,
               "unlabeled_dataset": unlabeled, "unlabeled_images": len(dicts), "groundtruth": groundtruth,
-              "threshold": label_kwargs["score_threshold"], "rounds": []}
+              "threshold": label_kwargs["score_threshold"], "mode": mode, "rounds": []}
     test_set = scfg.DATASETS.TEST[0] if scfg.DATASETS.TEST else None
     gt_json = ground_truth_json(scfg, test_set) if test_set else None
     for r in range(1, rounds + 1):
         teachers = [done[teacher_key(r, s)]["metrics"] for s in seeds]
-        labels = [done[label_key(r, s)] for s in (seeds[:1] if r == 1 else seeds)]
+        labels = [] if online else [done[label_key(r, s)] for s in (seeds[:1] if r == 1 else seeds)]
         row = {"round": r, "teacher": {label: _summary([m.get(k, math.nan) for m in teachers[:1 if r == 1 else None]])
                                        for label, k in METRICS},
                "pseudo_labels": [lab["pseudo_labels"] for lab in labels], "quality": None}
-        if all(lab["quality"] for lab in labels):
+        if online:  # the EMA teachers (teacher/bbox/AP, ...) and what they fed their students
+            finals = [done[("student", r, s)]["metrics"] for s in seeds]
+            row["online_teacher"] = {label: _summary([m.get(f"teacher/{k}", math.nan) for m in finals])
+                                     for label, k in METRICS}
+            row["pseudo_boxes_per_image"] = _summary([done[("student", r, s)].get("health", {}).get(
+                "pseudo/boxes_per_image", math.nan) for s in seeds])
+        if labels and all(lab["quality"] for lab in labels):
             qs = [lab["quality"] for lab in labels]
             row["quality"] = {"precision": _summary([q["precision"] for q in qs]),
                               "recall": _summary([q["recall"] for q in qs]),

@@ -41,7 +41,7 @@ def build_teacher(cfg, weights):
         raise ValueError("no teacher weights: pass --weights (or MODEL.WEIGHTS) of a trained detector")
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"teacher weights not found: {weights}")
-    from detpre.engine.checkpointer import DetpreCheckpointer  # (engine imports pseudo_labels)
+    from detpre.checkpoint import DetpreCheckpointer
 
     model = build_model(cfg)
     DetpreCheckpointer(model, weights_strict=cfg.MODEL.WEIGHTS_STRICT).load(weights)

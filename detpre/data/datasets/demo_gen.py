@@ -9,6 +9,12 @@ Every image has its own seed (seed, split, index), so one seed fixes every byte.
 The unlabeled split's ground truth is written too, beside the image list, under a name no loader
 of a training data set reads (``instances_unlabeled_groundtruth.json``): it only measures how good
 a teacher's pseudo-labels are.
+
+Asked for, it also writes a *selection* and a *report* split (``num_select`` / ``num_report``:
+early stopping picks a checkpoint on the first and scores it on the second; seeds of their own, so
+no image is in two splits) and label budgets of `train` (``train_subsets``: its first N images, the
+same files, as ``instances_train<N>.json``). The default demo asks for neither, and its marker
+(``detpre_demo.json``) lists only the arguments it was made with, as before.
 """
 import json
 import logging
@@ -24,17 +30,21 @@ from detpre.utils.io import read_json
 from .demo_shapes import CATEGORIES, TEXTURES, draw_shape, random_background, texture
 from .masks import mask_to_bbox, mask_to_polygons
 
-__all__ = ["generate_demo_dataset", "read_demo_marker", "DEMO_MARKER", "DEMO_SPLITS", "UNLABELED_GROUNDTRUTH"]
+__all__ = ["generate_demo_dataset", "read_demo_marker", "DEMO_MARKER", "DEMO_SPLITS", "EXTRA_SPLITS",
+           "UNLABELED_GROUNDTRUTH", "subset_json"]
 
 DEMO_MARKER = "detpre_demo.json"  # written last into the temp dir: its presence = complete
 # 2: + annotations/instances_unlabeled_groundtruth.json (same images). 3: `val` 50 -> 300 images
 # (the first 50 unchanged): on 50 images the val set's own sampling moved the AP difference between
-# two inits by ~1.5 box AP, more than the seeds did (docs/transfer.md, section 6). A demo of an
+# two inits by ~1.5 box AP, more than the seeds did (docs/findings/transfer.md, section 6). A demo of an
 # older version is regenerated in place of the old one.
 DEMO_VERSION = 3
 # evaluation only (pseudo-label quality); relative to the demo root
 UNLABELED_GROUNDTRUTH = os.path.join("annotations", "instances_unlabeled_groundtruth.json")
 DEMO_SPLITS = ("train", "val", "unlabeled")
+# labeled splits made only when asked for (num_select / num_report > 0); their images' seeds use
+# split codes 3 and 4 (after DEMO_SPLITS' 0-2), so they share no image with any other split
+EXTRA_SPLITS = ("select", "report")
 JPEG_QUALITY = 90
 MIN_VISIBLE_FRACTION = 0.5  # objects with less of themselves visible are not drawn
 MIN_VISIBLE_PIXELS = 30
@@ -142,6 +152,24 @@ def _generate_split(out_dir, split, split_code, num_images, seed, categories):
         _write_json(os.path.join(ann_dir, f"instances_{split}.json"), instances)
 
 
+def subset_json(n):
+    """The annotation file (under ``annotations/``) of `train`'s first ``n`` images."""
+    return f"instances_train{int(n)}.json"
+
+
+def _write_train_subset(out_dir, n):
+    """``instances_train<n>.json``: the first ``n`` images of `train` and their annotations (the
+    same image files; a label budget inside the larger one)."""
+    ann_dir = os.path.join(out_dir, "annotations")
+    with open(os.path.join(ann_dir, "instances_train.json")) as f:
+        full = json.load(f)
+    images = full["images"][:n]
+    keep = {img["id"] for img in images}
+    sub = dict(full, images=images, annotations=[a for a in full["annotations"] if a["image_id"] in keep])
+    sub["info"] = dict(full["info"], description=f"{full['info']['description']}: the first {n} train images")
+    _write_json(os.path.join(ann_dir, subset_json(n)), sub)
+
+
 def read_demo_marker(root):
     """The arguments the demo under ``root`` was made with (its marker), or None if incomplete."""
     return read_json(os.path.join(root, DEMO_MARKER))
@@ -167,7 +195,8 @@ def _move_aside(root, parent):
     return old
 
 
-def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled=300):
+def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled=300, num_select=0,
+                          num_report=0, train_subsets=()):
     """
     Write the demo data set to ``root`` (atomically: built in a temp dir next to it, then
     renamed) and return ``root``. Layout::
@@ -178,12 +207,24 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled
         root/annotations/instances_unlabeled_groundtruth.json   its boxes: evaluation only
         root/detpre_demo.json                           the arguments; marks it complete
 
+    and, when asked for, ``images/{select,report}/`` with ``annotations/instances_{select,report}.json``
+    (``num_select`` / ``num_report`` images) and ``annotations/instances_train<N>.json`` for each N
+    of ``train_subsets`` (`train`'s first N images; each N below ``num_train``). Those arguments are
+    in the marker only when given, so a demo made without them has the marker it always had.
+
     If ``root`` already holds a demo made with the same arguments (e.g. another process won
     the race), it is kept; one of an older ``DEMO_VERSION`` is replaced by a new one made with
     these arguments; any other is an error.
     """
     params = {"version": DEMO_VERSION, "seed": int(seed), "num_train": int(num_train),
               "num_val": int(num_val), "num_unlabeled": int(num_unlabeled)}
+    if num_select or num_report:
+        params.update(num_select=int(num_select), num_report=int(num_report))
+    subsets = sorted({int(n) for n in train_subsets})
+    if any(not 0 < n < int(num_train) for n in subsets):
+        raise ValueError(f"train_subsets {subsets}: each must be between 1 and num_train - 1 ({int(num_train) - 1})")
+    if subsets:
+        params["train_subsets"] = subsets
     root = os.path.abspath(os.path.expanduser(root))
 
     def existing(outdated_ok=False):
@@ -213,9 +254,12 @@ def generate_demo_dataset(root, seed=0, num_train=60, num_val=300, num_unlabeled
         os.makedirs(os.path.join(tmp, "annotations"))
         categories = [{"id": cid, "name": name, "supercategory": "shape"}
                       for cid, name in CATEGORIES]
-        counts = (num_train, num_val, num_unlabeled)
-        for code, (split, n) in enumerate(zip(DEMO_SPLITS, counts)):
-            _generate_split(tmp, split, code, n, seed, categories)
+        counts = (num_train, num_val, num_unlabeled, num_select, num_report)
+        for code, (split, n) in enumerate(zip(DEMO_SPLITS + EXTRA_SPLITS, counts)):
+            if split in DEMO_SPLITS or n:
+                _generate_split(tmp, split, code, n, seed, categories)
+        for n in subsets:
+            _write_train_subset(tmp, n)
         _write_json(os.path.join(tmp, DEMO_MARKER), params)
         os.chmod(tmp, 0o755)  # mkdtemp made it private
         if outdated and read_demo_marker(root) == params:  # another process upgraded it meanwhile

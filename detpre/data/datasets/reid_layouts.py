@@ -17,7 +17,7 @@ __all__ = ["LayoutError", "ReIDLayout", "LAYOUTS", "get_layout", "detect_layout"
 
 _NAME = re.compile(r"^(-?\d+)_c(\d+)")
 _EXTS = (".jpg", ".jpeg", ".png", ".bmp")
-_DOC = "docs/spcl.md"
+_DOC = "docs/methods/spcl.md"
 
 
 class LayoutError(FileNotFoundError):

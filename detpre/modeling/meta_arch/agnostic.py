@@ -3,7 +3,7 @@
 boxes with every label replaced by one class, "object".
 
 Why: at a short fine-tuning budget what a detector lacks is localization, not features that
-separate classes (docs/transfer.md section 11). An RPN and a box head that already find and fit
+separate classes (docs/findings/transfer.md section 11). An RPN and a box head that already find and fit
 boxes are a start no feature-level pretraining gives: the class-specific layers (the box
 predictor, the mask head) are the only ones the fine-tuning has to learn from scratch.
 ``tools/convert_pretrained.py --detector rpn_box_head`` exports ResNet, FPN, RPN and box head.
@@ -14,6 +14,8 @@ import torch
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
+from detpre.method import DemoEntry
+
 __all__ = ["ClassAgnosticRCNN"]
 
 
@@ -21,6 +23,16 @@ __all__ = ["ClassAgnosticRCNN"]
 class ClassAgnosticRCNN(GeneralizedRCNN):
     """GeneralizedRCNN with one class ("object") and no mask or keypoint head: the box predictor
     and the mask head are class-specific, so they are neither trained nor exported."""
+
+    config_groups = ()  # detectron2's R-CNN keys
+    # all an R-CNN has that does not depend on its classes: ResNet, FPN, RPN and box head
+    export_detector = "rpn_box_head"
+    trains_on_labels = True  # the data set's own boxes (detpre.method.trains_on_judged_labels)
+    demo = {"agnostic": DemoEntry(
+        "configs/demo/agnostic_R18_FPN_tiny.yaml", 0.55,
+        note="agnostic = box pretraining: the same R-CNN trained first on train's own boxes with labels dropped "
+             "(configs/demo/agnostic_R18_FPN_tiny.yaml); its control row is random init given those extra "
+             "iterations as ordinary fine-tuning (docs/methods/box_pretraining.md).")}
 
     @classmethod
     def from_config(cls, cfg):

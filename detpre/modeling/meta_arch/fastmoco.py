@@ -14,6 +14,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
+from detpre.method import DemoEntry
 from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.heads import MLP
 from detpre.modeling.losses.infonce import infonce_loss
@@ -29,6 +30,9 @@ class FastMoCo(PixelNormalizeMixin, nn.Module):
     # what training needs besides this class (detpre.method): two views, the EMA target update
     required_mapper = "TwoViewMapper"
     required_hooks = ("MomentumUpdate",)
+    config_groups = ("MODEL.FASTMOCO", "INPUT.TWO_VIEW", "MODEL.EMA")
+    demo = {"fastmoco": DemoEntry("configs/demo/fastmoco_R18_tiny.yaml", 1.7),
+            "mocov3": DemoEntry("configs/demo/mocov3_R18_tiny.yaml", 1.5)}
 
     @configurable
     def __init__(self, *, bottom_up, projector, predictor, pixel_mean, pixel_std, in_feature="res5",

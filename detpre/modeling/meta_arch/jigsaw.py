@@ -20,6 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from detpre.method import DemoEntry
 from detpre.modeling.backbone import BottomUpContainer, PixelNormalizeMixin, build_bottom_up
 from detpre.modeling.erf import (
     ERFTable,
@@ -40,6 +41,10 @@ class JigsawPretrain(PixelNormalizeMixin, nn.Module):
     # what training needs besides this class (detpre.method): montages, and in "erf" mode the
     # periodic ERF re-measurement
     required_mapper = "JigsawMapper"
+    config_groups = ("MODEL.JIGSAW", "INPUT.JIGSAW")
+    prerequisites = ("jigsaw_samples",)  # the objects, cut out once (the trainer does it if missing)
+    trains_on_labels = True  # objects cut out by their annotated boxes
+    demo = {"jigsaw": DemoEntry("configs/demo/jigsaw_R18_tiny.yaml", 0.3)}
 
     @classmethod
     def required_hooks(cls, cfg):

@@ -24,6 +24,7 @@ from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes, ImageList
 from torch import nn
 
+from detpre.method import DemoEntry
 from detpre.modeling.backbone import PixelNormalizeMixin
 from detpre.modeling.heads import MLP
 from detpre.modeling.losses.byol import byol_loss
@@ -47,6 +48,11 @@ class SoCo(PixelNormalizeMixin, nn.Module):
     # what training needs besides this class (detpre.method): the views, the EMA target update
     required_mapper = "SoCoMapper"
     required_hooks = ("MomentumUpdate",)
+    config_groups = ("MODEL.SOCO", "INPUT.SOCO", "MODEL.EMA")
+    prerequisites = ("proposals",)  # selective search on its training images
+    # the demo's Mask R-CNN takes its ResNet + FPN but not its 4conv1fc box head: after minutes of
+    # pretraining that head is a worse start than a random one (docs/results.md)
+    demo = {"soco": DemoEntry("configs/demo/soco_R18_FPN_tiny.yaml", 1.2, detector="backbone_fpn")}
 
     @configurable
     def __init__(self, *, backbone, box_pooler, box_head, projector, predictor, in_features,

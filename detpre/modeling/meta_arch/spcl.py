@@ -32,6 +32,7 @@ class SpCL(PixelNormalizeMixin, nn.Module):
     # what training needs besides this class (detpre.method): re-ID crops, the periodic clustering
     required_mapper = "ReIDMapper"
     required_hooks = ("ClusterRefresh",)
+    config_groups = ("MODEL.SPCL", "INPUT.REID")
 
     @configurable
     def __init__(self, *, bottom_up, memory, pixel_mean, pixel_std, in_feature="res5",
