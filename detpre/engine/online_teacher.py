@@ -35,6 +35,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from detpre import _compat
+from detpre.data.online_teacher import STRONG_AUGMENTS, build_online_loader
 from detpre.errors import DetpreError
 from detpre.modeling.momentum import MomentumTarget
 from detpre.pseudo_labels.coco import resolve_thresholds
@@ -50,7 +51,6 @@ from detpre.utils.io import atomic_open
 
 from .amp import AMPStep, MixedPrecision
 from .hooks import unwrap_model
-from .online_teacher_data import STRONG_AUGMENTS, build_online_loader
 from .rng import TrainingRNG
 from .trainer import Trainer
 

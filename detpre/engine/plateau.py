@@ -237,11 +237,19 @@ class PlateauStop(HookBase):
         want = self._best_iteration()
         if want is None:
             return
-        data = read_checkpoint(self._best_path())
-        if data.get("iteration") != want:
-            logger.warning("Plateau: %s holds the weights after iteration %s, not those of the best evaluation "
-                           "(%d); restoring them anyway", self._best_path(), data.get("iteration"), want)
-        unwrap_model(self.trainer.model).load_state_dict(data["model"])
+        model = unwrap_model(self.trainer.model)
+        if comm.is_main_process():  # it saved the file: OUTPUT_DIR need not be shared between machines
+            data = read_checkpoint(self._best_path())
+            if data.get("iteration") != want:
+                logger.warning("Plateau: %s holds the weights after iteration %s, not those of the best "
+                               "evaluation (%d); restoring them anyway", self._best_path(), data.get("iteration"),
+                               want)
+            model.load_state_dict(data["model"])
+        if comm.get_world_size() > 1:  # every process continues from the main process's weights
+            import torch.distributed as dist
+
+            for t in model.state_dict().values():
+                dist.broadcast(t, src=0)
 
     def _check_best_file(self):
         """A resumed run: ``model_best.pth`` must hold the best evaluation of the state it resumed

@@ -15,9 +15,9 @@ from detectron2.utils.env import seed_all_rng
 from torch import nn
 
 from detpre.data.datasets import register_coco, register_image_folder
+from detpre.data.online_teacher import WeakStrongMapper
 from detpre.engine.defaults import trainer_class
 from detpre.engine.online_teacher import EXPORT_NAMES, EMATeacher, OnlineTeacherTrainer, split_unsup_losses
-from detpre.engine.online_teacher_data import WeakStrongMapper
 from detpre.errors import DetpreError
 from detpre.pseudo_labels.online import OnlinePseudoLabeler, PseudoLabelHealth
 

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from _catalog import names_freed
 from _self_training_data import write_images
 
 import detpre.jobs.self_training as st_jobs
@@ -20,7 +21,13 @@ def _ap(kind, r, s):
 
 @pytest.fixture
 def fake_jobs(tmp_path, monkeypatch):
-    """``train`` writes metrics with a known AP, ``label_round`` a pseudo-label json; both record calls."""
+    """``train`` writes metrics with a known AP, ``label_round`` a pseudo-label json; both record calls.
+    The unlabeled set's name is free again afterwards (other modules use this fixture too)."""
+    with names_freed(("bench_test_unlabeled",)):
+        yield _fake_jobs(tmp_path, monkeypatch)
+
+
+def _fake_jobs(tmp_path, monkeypatch):
     images = str(tmp_path / "unlabeled")
     write_images(images, 3)
     register_image_folder("bench_test_unlabeled", images)
