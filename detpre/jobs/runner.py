@@ -74,17 +74,19 @@ _PDEATHSIG_ARGS = tuple(ctypes.c_ulong(v) for v in (1, int(signal.SIGKILL), 0, 0
 
 
 def _dies_with_runner():
-    """``preexec_fn`` (Linux): SIGKILL to the step when the thread that started it ends, i.e. the
-    runner dies (run_logged's thread waits for the step while it runs); a runner that died before
-    the call is seen by the step's parent pid changing. Arguments are built before the fork."""
-    if _PRCTL is None:
-        return None
+    """``preexec_fn``: the step's SIGINT back to its default (the runner ends steps with it, and a
+    job started in the background, ``make demo &``, passes its steps an ignored SIGINT); on Linux,
+    SIGKILL to the step when the thread that started it ends, i.e. the runner dies (run_logged's
+    thread waits for the step while it runs); a runner that died before the call is seen by the
+    step's parent pid changing. Arguments are built before the fork."""
     runner = os.getpid()
 
     def preexec():
-        _PRCTL(*_PDEATHSIG_ARGS)
-        if os.getppid() != runner:
-            os._exit(137)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if _PRCTL is not None:
+            _PRCTL(*_PDEATHSIG_ARGS)
+            if os.getppid() != runner:
+                os._exit(137)
     return preexec
 
 

@@ -40,8 +40,9 @@ def _train_net(tmp_path, out, name):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     streams = [open(str(tmp_path / f"{name}.{s}"), "w") for s in ("out", "err")]
     # a session of its own, so the test can send SIGINT to the whole group as a terminal's Ctrl-C does
+    # (SIGINT at its default even when the tests run in the background, which ignores it)
     return subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=streams[0], stderr=streams[1],
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _weights(out):

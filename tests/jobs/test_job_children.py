@@ -76,8 +76,10 @@ def _start(tmp_path, out, mode="graph"):
     (tmp_path / "runner.py").write_text(RUNNER)
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     log = open(os.path.join(out, "runner.out"), "w")
+    # (SIGINT at its default even when the tests run in the background, which ignores it)
     return subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), out, str(tmp_path / "step.py"), str(N), mode],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _running_steps(out, steps="ab"):
