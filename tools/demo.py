@@ -49,8 +49,9 @@ def main(argv=None):
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         sys.exit(f"[demo] error: {e}")
     plot = plot_transfer(result, os.path.join(out, "transfer.png"))
-    print("\nTiny Mask R-CNN R18-FPN on detpre_demo_val, the same seeds for every init; the same fine-tuning "
-          "iterations, but for the control rows (random init given a method's pretraining iterations too):")
+    print(f"\nTiny Mask R-CNN R18-FPN on {result['probe_datasets'][1]}, the same seeds for every init; the same "
+          "fine-tuning iterations, but for the control rows (random init given a method's pretraining iterations "
+          "too):")
     print(transfer_table(result))
     print("\n" + margin_sentence(result))
     for m in methods:

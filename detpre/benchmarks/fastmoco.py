@@ -44,6 +44,15 @@ def _synthetic_batches(cfg, seed=0):
 
 
 class _SyntheticTrainer(Trainer):
+    """The trainer on random views; no collapse watch (it reads the training set's images, and
+    synthetic timing registers no data set)."""
+
+    def __init__(self, cfg):
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DETPRE.COLLAPSE.ENABLED = False
+        super().__init__(cfg)
+
     @classmethod
     def build_train_loader(cls, cfg):
         return _synthetic_batches(cfg, max(cfg.SEED, 0))

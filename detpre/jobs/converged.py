@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from detpre.utils.io import atomic_open, write_json_atomic
 
+from .report import format_difference, format_mean_std, format_value
 from .runner import say
 from .transfer import Method, Plateau, run_transfer
 
@@ -224,32 +225,10 @@ def _jsonable(x):
 
 
 # ---- the table -------------------------------------------------------------------------------
-def _num(v, fmt="{:.2f}"):
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
-
-
-def _pm(s, fmt="{:.2f}"):
-    if not s or s.get("mean") is None or math.isnan(s["mean"]):
-        return "n/a"
-    n = s.get("n", len(s.get("values") or ()))
-    return _num(s["mean"], fmt) + ("" if n < 2 else
-                                   f" ± {_num(s['std'], fmt.replace('+', ''))}")
-
-
-def _diff(d, fmt="{:+.2f}"):
-    """``+m [low, high]`` (``*``: the interval excludes 0); ``+m`` alone without an interval."""
-    if not d or d.get("mean") is None or math.isnan(d["mean"]):
-        return "n/a"
-    if d.get("low") is None or math.isnan(d["low"]):
-        return fmt.format(d["mean"])
-    return f"{fmt.format(d['mean'])} [{fmt.format(d['low'])}, {fmt.format(d['high'])}]" + (
-        "*" if d.get("excludes_zero") else "")
-
-
 def _both(s, key):
     """Over seeds + images where that interval exists, else over seeds."""
     d = s.get(f"{key}_images")
-    return _diff(d if d and not math.isnan(d.get("low", math.nan)) else s.get(key))
+    return format_difference(d if d and not math.isnan(d.get("low", math.nan)) else s.get(key))
 
 
 def _reach(p):
@@ -257,7 +236,7 @@ def _reach(p):
     n = len(r["values"])
     if not r["n"]:
         return f"never (0/{n})"
-    return _pm(r, "{:.0f}") + ("" if r["n"] == n else f" ({r['n']}/{n} seeds)")
+    return format_mean_std(r, "{:.0f}") + ("" if r["n"] == n else f" ({r['n']}/{n} seeds)")
 
 
 def _saved(p):
@@ -267,7 +246,7 @@ def _saved(p):
     if not s["n"]:
         return "n/a", "n/a"
     sec = s["mean"] * spi if spi and not math.isnan(spi) else math.nan
-    return _pm(s, "{:+.0f}"), _num(sec, "{:+.0f}s")
+    return format_mean_std(s, "{:+.0f}"), format_value(sec, "{:+.0f}s")
 
 
 def plateau_table(result: Dict[str, Any]) -> str:
@@ -285,14 +264,14 @@ def plateau_table(result: Dict[str, Any]) -> str:
         random_row = "vs_random" not in s["box AP"]
         saved = _saved(p)
         cells = [
-            r["init"], "-" if c is None else _num(c.get("train_s"), "{:.0f}"),
-            "-" if c is None else _num(c.get("images_per_s"), "{:.1f}"), _pm(s["box AP"]),
-            "-" if random_row else _diff(s["box AP"].get("vs_random")),
+            r["init"], "-" if c is None else format_value(c.get("train_s"), "{:.0f}"),
+            "-" if c is None else format_value(c.get("images_per_s"), "{:.1f}"), format_mean_std(s["box AP"]),
+            "-" if random_row else format_difference(s["box AP"].get("vs_random")),
             "-" if random_row else _both(s["box AP"], "vs_random"),
             _both(s["box AP"], "vs_control") if "vs_control" in s["box AP"] else "-",
-            _pm(s["mask AP"]), _pm(p["iters_to_plateau"], "{:.0f}"),
-            "-" if random_row else _diff(p["iters_to_plateau"].get("vs_random"), "{:+.0f}"),
-            _pm(p["iters_trained"], "{:.0f}"), _reach(p), *saved]
+            format_mean_std(s["mask AP"]), format_mean_std(p["iters_to_plateau"], "{:.0f}"),
+            "-" if random_row else format_difference(p["iters_to_plateau"].get("vs_random"), "{:+.0f}"),
+            format_mean_std(p["iters_trained"], "{:.0f}"), _reach(p), *saved]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

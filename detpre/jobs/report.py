@@ -6,26 +6,33 @@ from tabulate import tabulate
 
 from detpre.utils.io import atomic_open
 
-__all__ = ["transfer_table", "plot_transfer", "margin_sentence", "self_training_table", "self_training_margin",
-           "plot_pseudo_label_curves", "self_train_rounds_table"]
+__all__ = ["format_value", "format_mean_std", "format_difference", "transfer_table", "plot_transfer",
+           "margin_sentence", "self_training_table", "self_training_margin", "plot_pseudo_label_curves",
+           "self_train_rounds_table"]
 
 
-def _pm(s):
-    return f"{s['mean']:.2f} ± {s['std']:.2f}"
+def format_value(v, fmt="{:.2f}"):
+    """``v`` formatted; n/a where it was not measured (None or nan)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
-def _pm_n(s):
-    """Mean ± std, or the value alone when there is one."""
-    return f"{s['mean']:.2f}" if len(s.get("values", ())) == 1 else _pm(s)
+def format_mean_std(s, fmt="{:.2f}"):
+    """Mean ± std over seeds; the mean alone for one value; n/a where nothing was measured."""
+    if not s or s.get("mean") is None or math.isnan(s["mean"]):
+        return "n/a"
+    n = s.get("n", len(s.get("values") or ()))
+    return format_value(s["mean"], fmt) + ("" if n < 2 else f" ± {format_value(s['std'], fmt.replace('+', ''))}")
 
 
-def _diff(d):
-    """A paired difference with its interval; the mean alone where there is none (one seed)."""
-    if d is None:
-        return "-"
-    if math.isnan(d["low"]):
-        return f"{d['mean']:+.2f}"
-    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" + (" *" if d["excludes_zero"] else "")
+def format_difference(d, fmt="{:+.2f}"):
+    """A paired difference ``+m [low, high]`` (`` *``: the interval excludes 0); the mean alone
+    where there is no interval (one seed); n/a where nothing was measured."""
+    if not d or d.get("mean") is None or math.isnan(d["mean"]):
+        return "n/a"
+    if d.get("low") is None or math.isnan(d["low"]):
+        return fmt.format(d["mean"])
+    return f"{fmt.format(d['mean'])} [{fmt.format(d['low'])}, {fmt.format(d['high'])}]" + (
+        " *" if d.get("excludes_zero") else "")
 
 
 def _dim(probe, stage):
@@ -64,9 +71,10 @@ def _ap_cells(r, metric):
     if not _measured(s):
         return [None, None, None]
     if "vs_random" not in s:
-        return [_pm_n(s), "-", "-"]
+        return [format_mean_std(s), "-", "-"]
     both = s.get("vs_random_images")
-    return [_pm_n(s), _diff(s["vs_random"]), _diff(both) if both and not math.isnan(both["low"]) else None]
+    return [format_mean_std(s), format_difference(s["vs_random"]),
+            format_difference(both) if both and not math.isnan(both["low"]) else None]
 
 
 def _control_cell(r, metric):
@@ -78,7 +86,7 @@ def _control_cell(r, metric):
     if not _measured(s):
         return None
     both = s.get("vs_control_images")
-    return _diff(both if both and not math.isnan(both["low"]) else s["vs_control"])
+    return format_difference(both if both and not math.isnan(both["low"]) else s["vs_control"])
 
 
 def _interval_lines(result):
@@ -216,10 +224,11 @@ def self_training_table(result: Dict[str, Any], metric: str = "box AP") -> str:
     and evaluation images (``*``: excludes 0)."""
     table = []
     for row in result["rounds"]:
-        table.append([row["round"], _pm_n(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
+        table.append([row["round"], format_mean_std(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
                       _q(row, "kept", "{:.0f}"), _q(row, "teacher unlabeled box AP"),
-                      _pm_n(row["student"][metric]), _pm_n(row["control"][metric]), _diff(row["difference"][metric]),
-                      _diff((row.get("difference_images") or {}).get(metric))])
+                      format_mean_std(row["student"][metric]), format_mean_std(row["control"][metric]),
+                      format_difference(row["difference"][metric]),
+                      format_difference((row.get("difference_images") or {}).get(metric))])
     headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "PL recall", "PL boxes",
                "teacher box AP (unlabeled)", f"student {metric}", f"control {metric}", "Δ student − control [95% CI]",
                "the same [95% CI, seeds + images]"]
