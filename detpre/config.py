@@ -362,6 +362,10 @@ def add_self_training_config(cfg):
     # Steps before the ratio avg L_h / avg L_p is used (1 until then): the first steps' averages
     # are a handful of values, and a near-zero pseudo loss among them gave a huge pseudo weight.
     _C.MODEL.SELF_TRAINING.LOSS_NORM_WARMUP = 100
+    # Offline: the losses the pseudo-labeled images train (the model's loss names, e.g.
+    # ["loss_rpn_cls", "loss_rpn_loc", "loss_box_reg"]: where the teacher finds objects but
+    # confuses their classes); [] = all of them.
+    _C.MODEL.SELF_TRAINING.PSEUDO_LOSSES = []
     # Pseudo-label score threshold (the paper's hard threshold) and optional per-class ones
     # (a list of NUM_CLASSES floats, contiguous class order; [] = SCORE_THRESHOLD for all).
     _C.MODEL.SELF_TRAINING.SCORE_THRESHOLD = 0.5

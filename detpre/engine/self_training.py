@@ -22,6 +22,7 @@ from detectron2.utils.events import get_event_storage
 
 from detpre._compat import write_metrics
 from detpre.data.self_training import build_self_training_loader
+from detpre.errors import DetpreError
 from detpre.registry import TRAINER_REGISTRY
 
 from . import (
@@ -106,9 +107,21 @@ class SelfTrainingStep(AMPStep):
     """A training step that splits the batch by ``"stream"`` and weights the two losses; under
     ``precision`` (SOLVER.AMP; default off)."""
 
-    def __init__(self, model, data_loader, optimizer, normalizer, precision=None):
+    def __init__(self, model, data_loader, optimizer, normalizer, precision=None, pseudo_losses=()):
         super().__init__(model, data_loader, optimizer, precision or MixedPrecision(enabled=False))
         self.normalizer = normalizer
+        self.pseudo_losses = tuple(pseudo_losses)  # () = all
+
+    def _pseudo_terms(self, losses):
+        """The pseudo stream's losses, those not in ``pseudo_losses`` x 0 (kept in the graph, so
+        DDP sees every parameter used)."""
+        if not self.pseudo_losses:
+            return losses
+        unknown = sorted(set(self.pseudo_losses) - set(losses))
+        if unknown:
+            raise DetpreError(f"MODEL.SELF_TRAINING.PSEUDO_LOSSES names {unknown}, which this model does not "
+                              f"compute; its losses are {sorted(losses)}")
+        return {k: v if k in self.pseudo_losses else v * 0.0 for k, v in losses.items()}
 
     def run_step(self):
         data, data_time = self.next_batch()
@@ -126,7 +139,7 @@ class SelfTrainingStep(AMPStep):
         w_h = self.normalizer.human_weight
         amp.backward(w_h * total_h)  # one backward per forward: DDP-safe, frees memory early
         with amp.autocast():
-            loss_p = self.model(pseudo)
+            loss_p = self._pseudo_terms(self.model(pseudo))
             total_p = sum(loss_p.values())
         self.normalizer.update(*_mean_over_workers([total_h.item(), total_p.item()]))
         w_p = self.normalizer.pseudo_weight
@@ -167,7 +180,7 @@ class SelfTrainingTrainer(Trainer):
         self.loss_normalizer = LossNormalizer(st.PSEUDO_LOSS_WEIGHT, st.LOSS_NORM_MOMENTUM, st.LOSS_NORM,
                                               warmup=st.LOSS_NORM_WARMUP)
         return SelfTrainingStep(base.model, base.data_loader, base.optimizer, self.loss_normalizer,
-                                getattr(base, "precision", None))
+                                getattr(base, "precision", None), st.PSEUDO_LOSSES)
 
     @classmethod
     def build_train_loader(cls, cfg):
