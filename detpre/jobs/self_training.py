@@ -144,9 +144,11 @@ def pseudo_dataset_opts(pl, unlabeled):
 def control_opts(student_cfg):
     """The control of a student: the same run (batch, streams, augmentation, loss, iterations,
     start) with its pseudo stream drawn from the labeled data instead, so only the
-    pseudo-labels differ."""
+    pseudo-labels differ. Being labels, that stream trains every loss (MODEL.SELF_TRAINING.PSEUDO_LOSSES
+    is the student's)."""
     return ["MODEL.SELF_TRAINING.ENABLED", True,
-            "MODEL.SELF_TRAINING.PSEUDO_DATASETS", tuple(student_cfg.DATASETS.TRAIN)]
+            "MODEL.SELF_TRAINING.PSEUDO_DATASETS", tuple(student_cfg.DATASETS.TRAIN),
+            "MODEL.SELF_TRAINING.PSEUDO_LOSSES", []]
 
 
 def self_train(teacher_config, student_config, output_dir, *, rounds=1, teacher_weights=None,

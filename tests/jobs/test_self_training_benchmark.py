@@ -148,3 +148,19 @@ def test_label_round_measures_the_pseudo_labels_it_writes(tmp_path):
     assert q2["threshold"] == higher and q2["kept"] == len(json.load(open(pl2))["annotations"]) <= q["kept"]
     assert all(a["score"] >= higher for a in json.load(open(pl2))["annotations"])
     assert json.load(open(dets)) == data
+
+
+def test_the_control_trains_every_loss_on_its_labeled_second_stream(repo_root):
+    """A student whose pseudo-labels train localization only: its control's second stream is
+    labeled images, which train every loss; everything else is the student's."""
+    from detpre.config import get_detpre_cfg
+
+    config = os.path.join(repo_root, "configs/demo/self_training_benchmark_student.yaml")
+    student_opts = ["MODEL.SELF_TRAINING.PSEUDO_LOSSES", "['loss_rpn_cls', 'loss_box_reg']",
+                    "MODEL.SELF_TRAINING.LOSS_NORM", "False"]
+    student = get_detpre_cfg(config, student_opts)
+    control = get_detpre_cfg(config, student_opts + bench._opt_str(st_jobs.control_opts(student)))
+    assert list(student.MODEL.SELF_TRAINING.PSEUDO_LOSSES) == ["loss_rpn_cls", "loss_box_reg"]
+    assert list(control.MODEL.SELF_TRAINING.PSEUDO_LOSSES) == []
+    assert tuple(control.MODEL.SELF_TRAINING.PSEUDO_DATASETS) == tuple(student.DATASETS.TRAIN)
+    assert control.MODEL.SELF_TRAINING.LOSS_NORM is False and control.SOLVER.MAX_ITER == student.SOLVER.MAX_ITER
