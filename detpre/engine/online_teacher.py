@@ -241,6 +241,10 @@ class OnlineTeacherTrainer(Trainer):
                               f"{list(STRONG_AUGMENTS)}")
         if st.UNSUP_LOSS_WEIGHT < 0:
             raise DetpreError(f"MODEL.SELF_TRAINING.UNSUP_LOSS_WEIGHT={st.UNSUP_LOSS_WEIGHT}: must be >= 0")
+        if list(st.PSEUDO_LOSSES):
+            raise DetpreError(f"MODEL.SELF_TRAINING.PSEUDO_LOSSES={list(st.PSEUDO_LOSSES)} is offline mode's: online, "
+                              "pseudo-boxes train RPN objectness and RoI classification (box regression too with "
+                              "PSEUDO_BOX_REGRESSION); set PSEUDO_LOSSES to []")
         try:
             thresholds = resolve_thresholds(st.SCORE_THRESHOLD, st.CLASS_THRESHOLDS, num_classes_of(cfg))
         except ValueError as e:

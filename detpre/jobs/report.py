@@ -209,27 +209,25 @@ def margin_sentence(result: Dict[str, Any], metrics: Sequence[str] = ("box AP", 
 
 def _q(row, key, fmt="{:.2f}"):
     q = row.get("quality")
-    if not q:
-        return "-"
-    s = q[key]
-    if math.isnan(s["mean"]):  # precision of no kept box
-        return "-"
-    return fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if len(s["values"]) > 1 else "")
+    return format_mean_std(q.get(key), fmt) if q else "-"
 
 
 def self_training_table(result: Dict[str, Any], metric: str = "box AP") -> str:
     """Markdown, a row per round: the teacher's AP, its pseudo-labels' precision / recall at the
-    threshold and its AP on the unlabeled images, student and control AP (mean ± std over seeds)
+    threshold (also with classes ignored: boxes that find an object) and its AP on the unlabeled
+    images, student and control AP (mean ± std over seeds)
     and the paired difference student − control with its 95% interval over seeds, and over seeds
     and evaluation images (``*``: excludes 0)."""
     table = []
     for row in result["rounds"]:
-        table.append([row["round"], format_mean_std(row["teacher"][metric]), _q(row, "precision"), _q(row, "recall"),
-                      _q(row, "kept", "{:.0f}"), _q(row, "teacher unlabeled box AP"),
+        table.append([row["round"], format_mean_std(row["teacher"][metric]), _q(row, "precision"),
+                      _q(row, "precision (any class)"), _q(row, "recall"), _q(row, "kept", "{:.0f}"),
+                      _q(row, "teacher unlabeled box AP"),
                       format_mean_std(row["student"][metric]), format_mean_std(row["control"][metric]),
                       format_difference(row["difference"][metric]),
                       format_difference((row.get("difference_images") or {}).get(metric))])
-    headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "PL recall", "PL boxes",
+    headers = ["round", f"teacher {metric}", f"PL precision @{result['threshold']}", "the same, any class",
+               "PL recall", "PL boxes",
                "teacher box AP (unlabeled)", f"student {metric}", f"control {metric}", "Δ student − control [95% CI]",
                "the same [95% CI, seeds + images]"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)

@@ -197,6 +197,8 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
         if labels and all(lab["quality"] for lab in labels):
             qs = [lab["quality"] for lab in labels]
             row["quality"] = {"precision": _summary([q["precision"] for q in qs]),
+                              "precision (any class)": _summary([q.get("class_agnostic", {}).get(
+                                  "precision", math.nan) for q in qs]),
                               "recall": _summary([q["recall"] for q in qs]),
                               "kept": _summary([q["kept"] for q in qs]),
                               "teacher unlabeled box AP": _summary([q["teacher_unlabeled"]["AP"] for q in qs]),

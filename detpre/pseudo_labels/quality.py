@@ -110,6 +110,7 @@ def pseudo_label_quality(detections_json, groundtruth_json, threshold, iou_thres
     and their curve over ``thresholds``, from the teacher's detections json (a pseudo-label json
     written with a low threshold) and the ground truth of its images (crowd boxes left out).
     Curve points below the detections' own threshold are left out (boxes there were dropped).
+    ``class_agnostic``: the same at the threshold with classes ignored (boxes that find an object).
     """
     det, gt, image_of = _aligned(detections_json, groundtruth_json)
     images = set(image_of.values())
@@ -117,12 +118,19 @@ def pseudo_label_quality(detections_json, groundtruth_json, threshold, iou_thres
            if a["image_id"] in images and not a.get("iscrowd", 0)]
     dets = [(image_of[a["image_id"]], a["category_id"], a["bbox"], a["score"]) for a in det["annotations"]]
     scores, tp, n_gt = greedy_match(dets, gts, iou_threshold)
+    # the same boxes with every class one: how many find an object, whatever its class
+    _, tp_agnostic, _ = greedy_match([(i, 0, b, sc) for i, _, b, sc in dets], [(i, 0, b) for i, _, b in gts],
+                                     iou_threshold)
     if isinstance(threshold, dict):  # per class: each detection against its class's threshold
         cats = [d[1] for d in sorted(dets, key=lambda d: -float(d[3]))]  # greedy_match's (stable) order
-        at = precision_recall(scores, tp, n_gt, np.asarray([threshold[c] for c in cats], np.float64))
-        at["threshold"] = {str(k): float(v) for k, v in threshold.items()}
+        at_value = np.asarray([threshold[c] for c in cats], np.float64)
     else:
-        at = precision_recall(scores, tp, n_gt, threshold)
+        at_value = threshold
+    at = precision_recall(scores, tp, n_gt, at_value)
+    agnostic = precision_recall(scores, tp_agnostic, n_gt, at_value)
+    at["class_agnostic"] = {k: agnostic[k] for k in ("true_positives", "precision", "recall")}
+    if isinstance(threshold, dict):
+        at["threshold"] = {str(k): float(v) for k, v in threshold.items()}
     floor = min(det.get("info", {}).get("score_thresholds") or [0.0])
     curve = precision_recall_curve(scores, tp, n_gt, [t for t in thresholds if t >= floor - 1e-9])
     return {**at, "iou_threshold": iou_threshold, "images": len(images), "curve": curve}

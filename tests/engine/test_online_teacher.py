@@ -157,6 +157,9 @@ def test_config_selects_the_trainer_and_rejects_what_cannot_work(data):
     bad = _cfg(data / "unused", 1, **{"MODEL.SELF_TRAINING.STRONG_AUGMENT": "heavy"})
     with pytest.raises(DetpreError, match="STRONG_AUGMENT"):
         OnlineTeacherTrainer.check_config(bad)
+    bad = _cfg(data / "unused", 1, **{"MODEL.SELF_TRAINING.PSEUDO_LOSSES": ["loss_rpn_cls"]})
+    with pytest.raises(DetpreError, match="PSEUDO_LOSSES.*offline mode's"):
+        OnlineTeacherTrainer.check_config(bad)
 
 
 # ---- training ------------------------------------------------------------------------------------

@@ -86,6 +86,14 @@ def test_quality_from_jsons(tmp_path):
     assert (per_class["kept"], per_class["true_positives"]) == (5, 3)
 
 
+def test_class_agnostic_quality_counts_boxes_with_the_wrong_class(tmp_path):
+    """Every ground-truth box found once, two with the other class: 2 of 4 right, 4 of 4 found."""
+    swapped = [(i, (c if k % 2 else 3 - c), b, 0.9 - 0.1 * k) for k, (i, c, b) in enumerate(GT)]
+    q = pseudo_label_quality(*_jsons(tmp_path, swapped), 0.5)
+    assert len(GT) == 4 and (q["kept"], q["true_positives"]) == (4, 2)
+    assert q["class_agnostic"] == {"true_positives": 4, "precision": 1.0, "recall": 1.0}
+
+
 def test_teacher_box_ap(tmp_path):
     perfect = [(i, c, b, 1.0) for i, c, b in GT]
     assert teacher_box_ap(*_jsons(tmp_path, perfect))["AP"] == pytest.approx(100.0)
