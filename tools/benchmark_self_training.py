@@ -26,7 +26,7 @@ import argparse
 import os
 
 import detpre  # noqa: F401  (registers every component)
-from detpre.jobs.report import plot_pseudo_label_curves, self_training_margin, self_training_table
+from detpre.jobs.report import format_difference, plot_pseudo_label_curves, self_training_margin, self_training_table
 from detpre.jobs.self_training_benchmark import RESULT_FILE, run_self_training_benchmark
 
 # scored on train's 60 images (val's 300 take a minute a run for an untrained detector)
@@ -81,6 +81,11 @@ def main(argv=None):
             t, n = row["online_teacher"]["box AP"], row["pseudo_boxes_per_image"]
             print(f"round {row['round']}: EMA teacher box AP {t['mean']:.2f} ± {t['std']:.2f}; the students' "
                   f"last pseudo-boxes per unlabeled image {n['mean']:.2f} ± {n['std']:.2f}")
+            for metric in ("box AP", "mask AP"):
+                d = row["teacher_difference"].get(metric)
+                if d:
+                    print(f"round {row['round']}: EMA teacher {metric} − control {format_difference(d)} [seeds], "
+                          f"{format_difference((row['teacher_difference_images'] or {}).get(metric))} [seeds + images]")
     plot = plot_pseudo_label_curves(result, os.path.join(args.output_dir, "pseudo_label_curve.png"))
     print(f"\nresults: {os.path.join(args.output_dir, RESULT_FILE)}, pseudo-label curve: {plot}")
     return 0

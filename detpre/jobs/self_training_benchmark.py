@@ -211,6 +211,13 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
         runs = {kind: [os.path.join(seed_dir(r, s), kind) for s in seeds] for kind in ("student", "control")}
         row["difference_images"] = {label: image_interval(runs["student"], runs["control"], test_set, gt_json,
                                                           iou_type=iou_type) for label, iou_type in image_metrics(scfg)}
+        if online:  # the EMA teachers against the same controls: which weights to keep
+            row["teacher_difference"] = {label: paired_difference(row["online_teacher"][label]["values"],
+                                                                  row["control"][label]["values"])
+                                         for label, _ in METRICS}
+            row["teacher_difference_images"] = {
+                label: image_interval(runs["student"], runs["control"], test_set, gt_json, iou_type=iou_type,
+                                      run_folder="inference_teacher") for label, iou_type in image_metrics(scfg)}
         result["rounds"].append(row)
     write_json_atomic(os.path.join(output_dir, RESULT_FILE), result, indent=1)
     return result

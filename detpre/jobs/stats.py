@@ -85,12 +85,14 @@ def image_metrics(cfg) -> Tuple[Tuple[str, str], ...]:
 
 
 def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: Optional[str],
-                   gt_json: Optional[str], num_samples: int = 400, iou_type: str = "bbox") -> Optional[Dict[str, Any]]:
+                   gt_json: Optional[str], num_samples: int = 400, iou_type: str = "bbox",
+                   run_folder: str = "inference") -> Optional[Dict[str, Any]]:
     """
     The AP difference of ``run_dirs`` to ``base_dirs`` (paired by position: seeds) with a 95%
     interval over the seeds *and* the evaluation images (``detpre.evaluation.image_bootstrap``,
     ``combined_interval``), from each finished run's final
-    ``inference/<dataset>/coco_instances_results.json``. None when a run has no such file written
+    ``inference/<dataset>/coco_instances_results.json`` (``run_folder`` instead of ``inference`` for
+    ``run_dirs``: an online run's EMA teacher writes ``inference_teacher``). None when a run has no such file written
     after its final checkpoint (a run copied without its file times loses it: ``cp -p``) or a
     cut-short one, or the data set has no COCO json.
     """
@@ -99,7 +101,8 @@ def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: O
     if not dataset or not gt_json:
         return None
     dirs = [*run_dirs, *base_dirs]
-    files = [os.path.join(d, "inference", dataset, "coco_instances_results.json") for d in dirs]
+    files = [os.path.join(d, run_folder if i < len(run_dirs) else "inference", dataset, "coco_instances_results.json")
+             for i, d in enumerate(dirs)]
 
     def final(d, f):  # written by the evaluation after the last checkpoint, not an earlier one
         ckpt = os.path.join(d, "model_final.pth")

@@ -201,6 +201,16 @@ def test_transfer_interval_reads_each_runs_final_results(tmp_path):
         assert r["excludes_zero"] == (r["low"] > 0 or r["high"] < 0)
     box = image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json"), num_samples=50)
     assert box["mean"] != pytest.approx(r["mean"])  # the masks are scored, not the boxes again
+    # an online run's EMA teacher: its files in the run's inference_teacher/, the base's in inference/
+    for d in dirs["a"]:
+        os.rename(os.path.join(d, "inference"), os.path.join(d, "inference_teacher"))
+    assert image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json"), num_samples=50) is None
+    teacher = image_interval(dirs["a"], dirs["b"], "val", str(tmp_path / "gt.json"), num_samples=50,
+                             run_folder="inference_teacher")
+    keys = ("mean", "low", "high")
+    assert {k: teacher[k] for k in keys} == pytest.approx({k: box[k] for k in keys})
+    for d in dirs["a"]:
+        os.rename(os.path.join(d, "inference_teacher"), os.path.join(d, "inference"))
     assert image_interval(dirs["a"], [str(tmp_path / "nowhere")] * 2, "val", str(tmp_path / "gt.json")) is None
     assert image_interval(dirs["a"], dirs["b"], None, str(tmp_path / "gt.json")) is None  # no DATASETS.TEST
     cut = os.path.join(dirs["a"][0], "inference", "val", "coco_instances_results.json")

@@ -45,6 +45,8 @@ def _fake_jobs(tmp_path, monkeypatch):
         with open(os.path.join(out, "metrics.json"), "w") as f:
             # the final evaluation's record: at (beyond) the config's last iteration
             record = {"iteration": 10 ** 6, "bbox/AP": _ap(kind, r, int(o["SEED"])), "bbox/AP50": 0.0}
+            if o.get("MODEL.SELF_TRAINING.MODE") == "online":  # its EMA teacher, evaluated beside it
+                record["teacher/bbox/AP"] = record["bbox/AP"] + 0.5
             f.write(json.dumps(record) + "\n")
         return 1.0
 
@@ -104,6 +106,25 @@ def test_student_and_control_differ_only_in_pseudo_labels(tmp_path, fake_jobs):
     assert "4.50 ± 0.50" in table  # round 2's teachers: three students
     margin = self_training_margin(result)
     assert margin.count("better than the control beyond the seed noise") == 2
+
+
+def test_online_rows_pair_students_and_ema_teachers_with_labeled_only_controls(tmp_path, fake_jobs):
+    result = bench.run_self_training_benchmark(
+        "configs/demo/self_training_benchmark_teacher.yaml", "configs/demo/self_training_online_benchmark_student.yaml",
+        str(tmp_path / "bench"), seeds=(0, 1, 2), jobs=1, unlabeled_dataset="bench_test_unlabeled",
+        groundtruth="gt.json", mode="online")
+    runs = {(k, s): o for k, _, s, o in fake_jobs["train"] if k != "teacher"}
+    assert not fake_jobs["label"]  # no pseudo-label files: the EMA teacher labels each batch
+    for s in (0, 1, 2):
+        assert runs[("student", s)]["MODEL.SELF_TRAINING.MODE"] == "online"
+        assert runs[("control", s)]["MODEL.SELF_TRAINING.MODE"] == "offline"
+        assert runs[("control", s)]["MODEL.SELF_TRAINING.ENABLED"] == "False"
+    (row,) = result["rounds"]
+    assert row["difference"]["box AP"]["mean"] == pytest.approx(2.25)  # 2 + 0.25 s
+    assert row["online_teacher"]["box AP"]["values"] == [4.5, 5.0, 5.5]
+    d = row["teacher_difference"]["box AP"]  # the teachers: the students + 0.5
+    assert d["mean"] == pytest.approx(2.75) and d["n"] == 3 and d["excludes_zero"]
+    assert row["teacher_difference_images"]["box AP"] is None  # no COCO results written by the fake runs
 
 
 def test_no_seed_is_a_clear_error(tmp_path):
