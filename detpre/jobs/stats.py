@@ -86,13 +86,13 @@ def image_metrics(cfg) -> Tuple[Tuple[str, str], ...]:
 
 def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: Optional[str],
                    gt_json: Optional[str], num_samples: int = 400, iou_type: str = "bbox",
-                   run_folder: str = "inference") -> Optional[Dict[str, Any]]:
+                   run_folder: str = "inference", base_folder: str = "inference") -> Optional[Dict[str, Any]]:
     """
     The AP difference of ``run_dirs`` to ``base_dirs`` (paired by position: seeds) with a 95%
     interval over the seeds *and* the evaluation images (``detpre.evaluation.image_bootstrap``,
     ``combined_interval``), from each finished run's final
-    ``inference/<dataset>/coco_instances_results.json`` (``run_folder`` instead of ``inference`` for
-    ``run_dirs``: an online run's EMA teacher writes ``inference_teacher``). None when a run has no such file written
+    ``inference/<dataset>/coco_instances_results.json`` (``run_folder`` / ``base_folder`` instead of
+    ``inference``: an online run's EMA teacher writes ``inference_teacher``). None when a run has no such file written
     after its final checkpoint (a run copied without its file times loses it: ``cp -p``) or a
     cut-short one, or the data set has no COCO json.
     """
@@ -101,7 +101,7 @@ def image_interval(run_dirs: Sequence[str], base_dirs: Sequence[str], dataset: O
     if not dataset or not gt_json:
         return None
     dirs = [*run_dirs, *base_dirs]
-    files = [os.path.join(d, run_folder if i < len(run_dirs) else "inference", dataset, "coco_instances_results.json")
+    files = [os.path.join(d, run_folder if i < len(run_dirs) else base_folder, dataset, "coco_instances_results.json")
              for i, d in enumerate(dirs)]
 
     def final(d, f):  # written by the evaluation after the last checkpoint, not an earlier one

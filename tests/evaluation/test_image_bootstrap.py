@@ -209,6 +209,8 @@ def test_transfer_interval_reads_each_runs_final_results(tmp_path):
                              run_folder="inference_teacher")
     keys = ("mean", "low", "high")
     assert {k: teacher[k] for k in keys} == pytest.approx({k: box[k] for k in keys})
+    assert image_interval(dirs["b"], dirs["a"], "val", str(tmp_path / "gt.json"), num_samples=50,
+                          base_folder="inference_teacher")["mean"] == pytest.approx(-box["mean"])
     for d in dirs["a"]:
         os.rename(os.path.join(d, "inference_teacher"), os.path.join(d, "inference"))
     assert image_interval(dirs["a"], [str(tmp_path / "nowhere")] * 2, "val", str(tmp_path / "gt.json")) is None
