@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from detpre.utils.io import atomic_open, write_json_atomic
 
-from .report import format_difference, format_mean_std, format_value
+from .report import format_difference, format_mean_std, format_value, format_widest
 from .runner import say
 from .transfer import Method, Plateau, run_transfer
 
@@ -225,12 +225,6 @@ def _jsonable(x):
 
 
 # ---- the table -------------------------------------------------------------------------------
-def _both(s, key):
-    """Over seeds + images where that interval exists, else over seeds."""
-    d = s.get(f"{key}_images")
-    return format_difference(d if d and not math.isnan(d.get("low", math.nan)) else s.get(key))
-
-
 def _reach(p):
     r = p["iters_to_random_plateau"]
     n = len(r["values"])
@@ -267,8 +261,8 @@ def plateau_table(result: Dict[str, Any]) -> str:
             r["init"], "-" if c is None else format_value(c.get("train_s"), "{:.0f}"),
             "-" if c is None else format_value(c.get("images_per_s"), "{:.1f}"), format_mean_std(s["box AP"]),
             "-" if random_row else format_difference(s["box AP"].get("vs_random")),
-            "-" if random_row else _both(s["box AP"], "vs_random"),
-            _both(s["box AP"], "vs_control") if "vs_control" in s["box AP"] else "-",
+            "-" if random_row else format_widest(s["box AP"], "vs_random"),
+            format_widest(s["box AP"], "vs_control") if "vs_control" in s["box AP"] else "-",
             format_mean_std(s["mask AP"]), format_mean_std(p["iters_to_plateau"], "{:.0f}"),
             "-" if random_row else format_difference(p["iters_to_plateau"].get("vs_random"), "{:+.0f}"),
             format_mean_std(p["iters_trained"], "{:.0f}"), _reach(p), *saved]

@@ -6,7 +6,7 @@ from tabulate import tabulate
 
 from detpre.utils.io import atomic_open
 
-__all__ = ["format_value", "format_mean_std", "format_difference", "transfer_table", "plot_transfer",
+__all__ = ["format_value", "format_mean_std", "format_difference", "format_widest", "transfer_table", "plot_transfer",
            "margin_sentence", "self_training_table", "self_training_margin", "plot_pseudo_label_curves",
            "self_train_rounds_table"]
 
@@ -33,6 +33,13 @@ def format_difference(d, fmt="{:+.2f}"):
         return fmt.format(d["mean"])
     return f"{fmt.format(d['mean'])} [{fmt.format(d['low'])}, {fmt.format(d['high'])}]" + (
         " *" if d.get("excludes_zero") else "")
+
+
+def format_widest(s, key):
+    """``s[key]``'s difference over seeds + images (``s[key + "_images"]``) where that interval
+    exists, else over seeds."""
+    d = s.get(f"{key}_images")
+    return format_difference(d if d and not math.isnan(d.get("low", math.nan)) else s.get(key))
 
 
 def _dim(probe, stage):
@@ -85,8 +92,7 @@ def _control_cell(r, metric):
         return "-"
     if not _measured(s):
         return None
-    both = s.get("vs_control_images")
-    return format_difference(both if both and not math.isnan(both["low"]) else s["vs_control"])
+    return format_widest(s, "vs_control")
 
 
 def _interval_lines(result):
