@@ -263,17 +263,37 @@ def self_train_rounds_table(rows) -> str:
 
 
 def self_training_margin(result: Dict[str, Any], metrics: Sequence[str] = ("box AP", "mask AP")) -> str:
-    """One line per round and metric saying what the student's margin over its control means (none
-    for a metric the detector does not report)."""
+    """One line per round and metric saying what the student's margin over its control means (online:
+    the EMA teacher's too, and which export to keep; none for a metric the detector does not report)."""
     lines = []
+    # the student, and online the EMA teacher (model_final_teacher.pth), each against the same control
+    models = (("student", "difference", "the control (same start, iterations and augmentation, labeled images only)"),
+              ("EMA teacher", "teacher_difference", "the same control"))
     for row in result["rounds"]:
-        lines += _margin_lines(
-            row["difference"], row.get("difference_images") or {}, metrics,
-            lambda m, d, row=row: (f"round {row['round']}: student {m} {d['mean']:+.2f} over the control (same "
-                                   f"start, iterations and augmentation, labeled images only), 95% interval "
-                                   f"[{d['low']:+.2f}, {d['high']:+.2f}] over {d['n']} paired seeds"),
-            "the control")
+        for who, key, over in models:
+            if key not in row:
+                continue
+            lines += _margin_lines(
+                row[key], row.get(f"{key}_images") or {}, metrics,
+                lambda m, d, row=row, who=who, over=over: (
+                    f"round {row['round']}: {who} {m} {d['mean']:+.2f} over {over}, 95% interval "
+                    f"[{d['low']:+.2f}, {d['high']:+.2f}] over {d['n']} paired seeds"),
+                "the control")
+        if "teacher_difference" in row:
+            lines.append(_weights_to_keep(row))
     return "\n".join(lines)
+
+
+def _weights_to_keep(row, metric="box AP"):
+    """Online mode's export advice, from the measured AP of the EMA teacher and the student."""
+    t, s = row["online_teacher"][metric]["mean"], row["student"][metric]["mean"]
+    if math.isnan(t) or math.isnan(s):
+        return (f"round {row['round']}: which export to keep: not measured (the EMA teacher or the student "
+                f"has no {metric})")
+    keep, other = (("model_final_teacher.pth (the EMA teacher)", "the student") if t >= s else
+                   ("model_final_student.pth (the student)", "the EMA teacher"))
+    return (f"round {row['round']}: keep {keep}: {metric} {max(t, s):.2f} against {min(t, s):.2f} for {other} "
+            "(mean over seeds)")
 
 
 def _save_png(fig, path):

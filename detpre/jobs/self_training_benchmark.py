@@ -11,7 +11,9 @@ precision / recall against the unlabeled set's evaluation-only ground truth (whe
 student is the student config in MODEL.SELF_TRAINING.MODE online (an EMA teacher pseudo-labels the
 unlabeled images as training goes, ``detpre.engine.online_teacher``) from the trained teacher, its
 control the same config trained on the labeled images alone (same labeled batches, iterations, start
-and seed; no unlabeled pass); rows add the EMA teachers' AP and the students' pseudo-boxes per image.
+and seed; no unlabeled pass); rows add the EMA teachers' AP, each against the control, and the
+students' pseudo-boxes per image. The pseudo-label quality is the trained teacher's at the threshold:
+what the EMA teacher starts from.
 
 Round 1's teacher is trained once (``teacher_config``, SEED 0 unless ``teacher_opts`` say
 otherwise) and labels for every seed; round r > 1's teacher of seed s is round r - 1's student of
@@ -133,7 +135,8 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
 
     def teacher_job():
         out = os.path.join(output_dir, "teacher")
-        train(teacher_config, out, _opt_str(teacher_opts), "teacher", threads)
+        # nothing else can run before the teacher is trained: it gets every job's thread
+        train(teacher_config, out, _opt_str(teacher_opts), "teacher", jobs if threads else None)
         return _trained(teacher_config, out, _opt_str(teacher_opts), "teacher")
 
     def label_job(r, s):
@@ -166,7 +169,9 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     tasks = {("teacher",): (teacher_job, ())}
     for r in range(1, rounds + 1):
         for s in seeds:
-            if online:  # no pseudo-label files: the student's teacher labels each batch
+            if online:  # no pseudo-label files: the student's teacher labels each batch; the labelling
+                # job measures what the EMA teacher starts from (precision / recall at the threshold)
+                tasks[label_key(r, s)] = (label_job(r, s), (teacher_key(r, s),))
                 tasks[("student", r, s)] = (train_job("student", r, s), (teacher_key(r, s),))
                 tasks[("control", r, s)] = (train_job("control", r, s), (teacher_key(r, s),))
                 continue
@@ -184,7 +189,7 @@ def run_self_training_benchmark(teacher_config: str, student_config: str, output
     gt_json = ground_truth_json(scfg, test_set) if test_set else None
     for r in range(1, rounds + 1):
         teachers = [done[teacher_key(r, s)]["metrics"] for s in seeds]
-        labels = [] if online else [done[label_key(r, s)] for s in (seeds[:1] if r == 1 else seeds)]
+        labels = [done[label_key(r, s)] for s in (seeds[:1] if r == 1 else seeds)]
         row = {"round": r, "teacher": {label: _summary([m.get(k, math.nan) for m in teachers[:1 if r == 1 else None]])
                                        for label, k in METRICS},
                "pseudo_labels": [lab["pseudo_labels"] for lab in labels], "quality": None}

@@ -254,34 +254,6 @@ def test_both_exports_load_into_a_stock_detectron2_mask_rcnn(data, tmp_path):
     assert set(final["model"]) == set(state) and set(final["teacher"]) == set(state)
 
 
-# ---- benchmark -----------------------------------------------------------------------------------
-from test_self_training_benchmark import fake_jobs  # noqa: E402,F401  (fake trainings, a pytest fixture)
-
-
-def test_online_benchmark_pairs_each_student_with_a_labeled_only_control(tmp_path, fake_jobs):  # noqa: F811
-    import detpre.jobs.self_training_benchmark as bench
-
-    out = str(tmp_path / "bench")
-    result = bench.run_self_training_benchmark(
-        "configs/demo/self_training_benchmark_teacher.yaml", "configs/demo/self_training_online_benchmark_student.yaml",
-        out, seeds=(0, 1), rounds=1, jobs=1, unlabeled_dataset="bench_test_unlabeled", mode="online")
-    assert fake_jobs["label"] == []  # no pseudo-label files: the online teacher labels each batch
-    runs = {(k, s): o for k, r, s, o in fake_jobs["train"] if k != "teacher"}
-    assert len(runs) == 4
-    for s in (0, 1):
-        student, control = runs[("student", s)], runs[("control", s)]
-        assert student["MODEL.WEIGHTS"] == control["MODEL.WEIGHTS"] == os.path.join(out, "teacher", "model_final.pth")
-        assert student["SEED"] == control["SEED"] == str(s)
-        assert student["MODEL.SELF_TRAINING.MODE"] == "online"
-        assert student["MODEL.SELF_TRAINING.UNLABELED_DATASET"] == "bench_test_unlabeled"
-        assert control["MODEL.SELF_TRAINING.MODE"] == "offline" and control["MODEL.SELF_TRAINING.ENABLED"] == "False"
-    (row,) = result["rounds"]
-    assert result["mode"] == "online" and row["quality"] is None and "online_teacher" in row
-    assert row["difference"]["box AP"]["mean"] == pytest.approx(3.0 + 1 + 0.25 - 2.0 - 0.125)
-    with pytest.raises(DetpreError, match="--rounds 1"):
-        bench.run_self_training_benchmark("a.yaml", "b.yaml", out, rounds=2, mode="online")
-
-
 def test_a_retinanet_trains_online_too(data, tmp_path):
     cfg = _cfg(tmp_path / "retina", 2, burn_in=1)
     ref = tiny_cfg(meta="RetinaNet")

@@ -33,7 +33,7 @@ def _fake_jobs(tmp_path, monkeypatch):
     images = str(tmp_path / "unlabeled")
     write_images(images, 3)
     register_image_folder("bench_test_unlabeled", images)
-    calls = {"train": [], "label": []}
+    calls = {"train": [], "label": [], "threshold": 0.5}
 
     def train(config, out, opts, label="", threads=None):
         parts = out.split(os.sep)
@@ -53,7 +53,7 @@ def _fake_jobs(tmp_path, monkeypatch):
     def label_round(tcfg, dicts, rdir, weights, label_kwargs=None, groundtruth=None):
         calls["label"].append((rdir, weights, len(dicts)))
         # every round labels at the students' threshold, whichever config the teacher comes from
-        assert label_kwargs["score_threshold"] == 0.5 and label_kwargs["class_thresholds"] == []
+        assert label_kwargs["score_threshold"] == calls["threshold"] and label_kwargs["class_thresholds"] == []
         os.makedirs(rdir, exist_ok=True)
         pl = os.path.join(rdir, "pseudo_labels.json")
         with open(pl, "w") as f:
@@ -109,27 +109,45 @@ def test_student_and_control_differ_only_in_pseudo_labels(tmp_path, fake_jobs):
 
 
 def test_online_rows_pair_students_and_ema_teachers_with_labeled_only_controls(tmp_path, fake_jobs):
+    fake_jobs["threshold"] = 0.7  # the online student config's
+    out = str(tmp_path / "bench")
     result = bench.run_self_training_benchmark(
         "configs/demo/self_training_benchmark_teacher.yaml", "configs/demo/self_training_online_benchmark_student.yaml",
-        str(tmp_path / "bench"), seeds=(0, 1, 2), jobs=1, unlabeled_dataset="bench_test_unlabeled",
-        groundtruth="gt.json", mode="online")
+        out, seeds=(0, 1, 2), jobs=1, unlabeled_dataset="bench_test_unlabeled", groundtruth="gt.json", mode="online")
     runs = {(k, s): o for k, _, s, o in fake_jobs["train"] if k != "teacher"}
-    assert not fake_jobs["label"]  # no pseudo-label files: the EMA teacher labels each batch
+    # one labelling, by the trained teacher: the quality the EMA teacher starts from (students train without it)
+    assert [w for _, w, _ in fake_jobs["label"]] == [os.path.join(out, "teacher", "model_final.pth")]
+    assert not any(k.startswith("DATASETS.COCO") or "PSEUDO_DATASETS" in k for o in runs.values() for k in o)
     for s in (0, 1, 2):
-        assert runs[("student", s)]["MODEL.SELF_TRAINING.MODE"] == "online"
-        assert runs[("control", s)]["MODEL.SELF_TRAINING.MODE"] == "offline"
-        assert runs[("control", s)]["MODEL.SELF_TRAINING.ENABLED"] == "False"
+        student, control = runs[("student", s)], runs[("control", s)]
+        assert student["MODEL.WEIGHTS"] == control["MODEL.WEIGHTS"] == os.path.join(out, "teacher", "model_final.pth")
+        assert student["SEED"] == control["SEED"] == str(s)
+        assert student["MODEL.SELF_TRAINING.MODE"] == "online"
+        assert student["MODEL.SELF_TRAINING.UNLABELED_DATASET"] == "bench_test_unlabeled"
+        assert control["MODEL.SELF_TRAINING.MODE"] == "offline" and control["MODEL.SELF_TRAINING.ENABLED"] == "False"
     (row,) = result["rounds"]
     assert row["difference"]["box AP"]["mean"] == pytest.approx(2.25)  # 2 + 0.25 s
     assert row["online_teacher"]["box AP"]["values"] == [4.5, 5.0, 5.5]
     d = row["teacher_difference"]["box AP"]  # the teachers: the students + 0.5
     assert d["mean"] == pytest.approx(2.75) and d["n"] == 3 and d["excludes_zero"]
     assert row["teacher_difference_images"]["box AP"] is None  # no COCO results written by the fake runs
+    assert row["quality"]["precision"]["values"] == [0.5]
+    margin = self_training_margin(result).splitlines()
+    assert margin[0].startswith("round 1: student box AP +2.25") and "better than the control" in margin[0]
+    assert margin[1].startswith("round 1: EMA teacher box AP +2.75 over the same control")
+    # teachers 5.0 on average, students 4.5: keep the teacher
+    assert margin[2] == ("round 1: keep model_final_teacher.pth (the EMA teacher): box AP 5.00 against 4.50 "
+                         "for the student (mean over seeds)")
+    row["online_teacher"]["box AP"]["mean"] = float("nan")  # a teacher never evaluated (burn-in not over)
+    assert self_training_margin(result).splitlines()[-1].endswith("not measured (the EMA teacher or the student "
+                                                                  "has no box AP)")
 
 
-def test_no_seed_is_a_clear_error(tmp_path):
+def test_no_seed_or_online_rounds_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="at least one round and one seed"):
         bench.run_self_training_benchmark("a.yaml", "b.yaml", str(tmp_path), seeds=())
+    with pytest.raises(ValueError, match="--rounds 1"):  # online: one run, its teacher follows the student
+        bench.run_self_training_benchmark("a.yaml", "b.yaml", str(tmp_path), rounds=2, mode="online")
 
 
 def test_label_round_measures_the_pseudo_labels_it_writes(tmp_path):
