@@ -362,9 +362,10 @@ def add_self_training_config(cfg):
     # Steps before the ratio avg L_h / avg L_p is used (1 until then): the first steps' averages
     # are a handful of values, and a near-zero pseudo loss among them gave a huge pseudo weight.
     _C.MODEL.SELF_TRAINING.LOSS_NORM_WARMUP = 100
-    # Offline: the losses the pseudo-labeled images train (the model's loss names, e.g.
+    # The losses the pseudo-labeled images train (the model's loss names, e.g.
     # ["loss_rpn_cls", "loss_rpn_loc", "loss_box_reg"]: where the teacher finds objects but
-    # confuses their classes); [] = all of them.
+    # confuses their classes); [] = all of them offline, Unbiased Teacher's terms online
+    # (UNSUP_LOSS_WEIGHT, PSEUDO_BOX_REGRESSION).
     _C.MODEL.SELF_TRAINING.PSEUDO_LOSSES = []
     # Pseudo-label score threshold (the paper's hard threshold) and optional per-class ones
     # (a list of NUM_CLASSES floats, contiguous class order; [] = SCORE_THRESHOLD for all).
@@ -387,7 +388,8 @@ def add_self_training_config(cfg):
     # Online: teacher <- m * teacher + (1 - m) * student after every step from the burn-in on
     # (weights and BN statistics).
     _C.MODEL.SELF_TRAINING.EMA_MOMENTUM = 0.999
-    # Online: weight of the unlabeled images' loss (RPN objectness + RoI classification).
+    # Online: weight of the unlabeled images' loss (RPN objectness + RoI classification, or
+    # PSEUDO_LOSSES).
     _C.MODEL.SELF_TRAINING.UNSUP_LOSS_WEIGHT = 4.0
     # Online: also train box regression (RPN and RoI) on pseudo-boxes (Unbiased Teacher: off).
     _C.MODEL.SELF_TRAINING.PSEUDO_BOX_REGRESSION = False

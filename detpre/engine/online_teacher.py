@@ -12,6 +12,8 @@ ICLR 2021) trains a detector from labeled + unlabeled images:
    ``UNSUP_LOSS_WEIGHT`` x (RPN objectness + RoI classification loss) of that pass is added to
    the supervised loss. Box regression is not trained on pseudo-boxes (Unbiased Teacher: a box's
    score says nothing of its localisation) unless ``PSEUDO_BOX_REGRESSION``; masks never are.
+   ``PSEUDO_LOSSES`` names the trained terms instead (e.g. RPN and box regression only, for a
+   teacher that finds objects but confuses their classes).
 
 The pieces, detectron2-style: ``OnlineTeacherTrainer`` (detpre's ``Trainer``: the two-stream
 ``OnlineLoader``, the ``OnlineTeacherStep``), the ``EMATeacher`` it holds (a checkpointable: every
@@ -51,6 +53,7 @@ from detpre.utils.io import atomic_open
 
 from .amp import AMPStep, MixedPrecision
 from .hooks import unwrap_model
+from .pseudo_losses import select_losses
 from .rng import TrainingRNG
 from .trainer import Trainer
 
@@ -160,15 +163,18 @@ class OnlineTeacherEMA(HookBase):
             self.trainer.storage.put_scalar("teacher/ema_momentum", self.momentum, smoothing_hint=False)
 
 
-def split_unsup_losses(losses, weight, regression):
-    """The optimized unlabeled-batch losses: classification terms x ``weight``; box regression
-    (``*_loc``, ``*box_reg*``) x ``weight`` with ``regression``, else x 0 (kept in the graph so
-    every parameter has a gradient, as DistributedDataParallel needs)."""
-    out = {}
-    for k, v in losses.items():
-        is_reg = k.endswith("_loc") or "box_reg" in k
-        out[k] = v * (weight if (regression or not is_reg) else 0.0)
-    return out
+def _is_regression(name):
+    return name.endswith("_loc") or "box_reg" in name
+
+
+def split_unsup_losses(losses, weight, regression, names=()):
+    """The optimized unlabeled-batch losses: those in ``names`` x ``weight``, or without ``names``
+    (Unbiased Teacher) the classification terms, and box regression (``*_loc``, ``*box_reg*``) with
+    ``regression``; the rest x 0 (kept in the graph so every parameter has a gradient, as
+    DistributedDataParallel needs)."""
+    if not names:
+        names = [k for k in losses if regression or not _is_regression(k)]
+    return {k: v * weight for k, v in select_losses(losses, names).items()}
 
 
 class OnlineTeacherStep(AMPStep):
@@ -176,10 +182,11 @@ class OnlineTeacherStep(AMPStep):
     weighted pseudo-label loss of the student's strong views (its own forward/backward)."""
 
     def __init__(self, model, data_loader, optimizer, *, teacher, labeler, health, burn_in, unsup_weight,
-                 regression=False, precision=None):
+                 regression=False, pseudo_losses=(), precision=None):
         super().__init__(model, data_loader, optimizer, precision or MixedPrecision(enabled=False))
         self.teacher, self.labeler, self.health = teacher, labeler, health
         self.burn_in, self.unsup_weight, self.regression = int(burn_in), float(unsup_weight), bool(regression)
+        self.pseudo_losses = tuple(pseudo_losses)
 
     def run_step(self):
         online = self.iter >= self.burn_in
@@ -203,14 +210,15 @@ class OnlineTeacherStep(AMPStep):
                 inputs, stats = self.labeler(self.teacher.model, unlabeled)
             student = unwrap_model(self.model)
             with amp.autocast(), detection_heads_only(student):
-                loss_unsup = split_unsup_losses(self.model(inputs), self.unsup_weight, self.regression)
+                loss_unsup = split_unsup_losses(self.model(inputs), self.unsup_weight, self.regression,
+                                                self.pseudo_losses)
                 total_unsup = sum(loss_unsup.values())
                 if comm.get_world_size() > 1:  # the mask head had no part in this pass: a zero gradient
                     total_unsup = total_unsup + 0.0 * sum(p.view(-1)[0] for p in student.parameters()
                                                           if p.requires_grad)
             amp.backward(total_unsup)
-            metrics.update({f"unsup_{k}": v.detach() for k, v in loss_unsup.items()
-                            if self.regression or not (k.endswith("_loc") or "box_reg" in k)})
+            trained = self.pseudo_losses or [k for k in loss_unsup if self.regression or not _is_regression(k)]
+            metrics.update({f"unsup_{k}": v.detach() for k, v in loss_unsup.items() if k in trained})
             self.health.record(stats, self.iter, get_event_storage())
         _compat.write_metrics(metrics, data_time, self.iter)  # total_loss = the optimized objective
         amp.step(self.optimizer)
@@ -241,10 +249,10 @@ class OnlineTeacherTrainer(Trainer):
                               f"{list(STRONG_AUGMENTS)}")
         if st.UNSUP_LOSS_WEIGHT < 0:
             raise DetpreError(f"MODEL.SELF_TRAINING.UNSUP_LOSS_WEIGHT={st.UNSUP_LOSS_WEIGHT}: must be >= 0")
-        if list(st.PSEUDO_LOSSES):
-            raise DetpreError(f"MODEL.SELF_TRAINING.PSEUDO_LOSSES={list(st.PSEUDO_LOSSES)} is offline mode's: online, "
-                              "pseudo-boxes train RPN objectness and RoI classification (box regression too with "
-                              "PSEUDO_BOX_REGRESSION); set PSEUDO_LOSSES to []")
+        if list(st.PSEUDO_LOSSES) and st.PSEUDO_BOX_REGRESSION:
+            raise DetpreError(f"MODEL.SELF_TRAINING.PSEUDO_LOSSES={list(st.PSEUDO_LOSSES)} names the pseudo-boxes' "
+                              "losses itself: set PSEUDO_BOX_REGRESSION False (or PSEUDO_LOSSES [] for Unbiased "
+                              "Teacher's terms)")
         try:
             thresholds = resolve_thresholds(st.SCORE_THRESHOLD, st.CLASS_THRESHOLDS, num_classes_of(cfg))
         except ValueError as e:
@@ -281,7 +289,7 @@ class OnlineTeacherTrainer(Trainer):
             base.model, base.data_loader, base.optimizer, teacher=self.teacher,
             labeler=OnlinePseudoLabeler(self._thresholds), health=self.pseudo_health, burn_in=self.burn_in,
             unsup_weight=st.UNSUP_LOSS_WEIGHT, regression=st.PSEUDO_BOX_REGRESSION,
-            precision=getattr(base, "precision", None))
+            pseudo_losses=st.PSEUDO_LOSSES, precision=getattr(base, "precision", None))
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -22,7 +22,6 @@ from detectron2.utils.events import get_event_storage
 
 from detpre._compat import write_metrics
 from detpre.data.self_training import build_self_training_loader
-from detpre.errors import DetpreError
 from detpre.registry import TRAINER_REGISTRY
 
 from . import (
@@ -30,6 +29,7 @@ from . import (
     self_training_hooks,  # noqa: F401  (registers the PseudoLabel hook)
 )
 from .amp import AMPStep, MixedPrecision
+from .pseudo_losses import select_losses
 from .trainer import Trainer
 
 __all__ = ["LossNormalizer", "SelfTrainingStep", "SelfTrainingTrainer"]
@@ -113,15 +113,7 @@ class SelfTrainingStep(AMPStep):
         self.pseudo_losses = tuple(pseudo_losses)  # () = all
 
     def _pseudo_terms(self, losses):
-        """The pseudo stream's losses, those not in ``pseudo_losses`` x 0 (kept in the graph, so
-        DDP sees every parameter used)."""
-        if not self.pseudo_losses:
-            return losses
-        unknown = sorted(set(self.pseudo_losses) - set(losses))
-        if unknown:
-            raise DetpreError(f"MODEL.SELF_TRAINING.PSEUDO_LOSSES names {unknown}, which this model does not "
-                              f"compute; its losses are {sorted(losses)}")
-        return {k: v if k in self.pseudo_losses else v * 0.0 for k, v in losses.items()}
+        return select_losses(losses, self.pseudo_losses)
 
     def run_step(self):
         data, data_time = self.next_batch()

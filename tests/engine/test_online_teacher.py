@@ -99,6 +99,12 @@ def test_unsupervised_losses_train_classification_not_regression():
     assert {k: float(v) for k, v in out.items()} == {"loss_cls": 2.0, "loss_box_reg": 0.0,
                                                      "loss_rpn_cls": 6.0, "loss_rpn_loc": 0.0}
     assert float(split_unsup_losses(losses, 2.0, regression=True)["loss_box_reg"]) == 4.0
+    # PSEUDO_LOSSES names the trained terms instead: localisation only
+    out = split_unsup_losses(losses, 2.0, regression=False, names=("loss_rpn_cls", "loss_rpn_loc", "loss_box_reg"))
+    assert {k: float(v) for k, v in out.items()} == {"loss_cls": 0.0, "loss_box_reg": 4.0,
+                                                     "loss_rpn_cls": 6.0, "loss_rpn_loc": 8.0}
+    with pytest.raises(DetpreError, match="PSEUDO_LOSSES names \\['loss_mask'\\]"):
+        split_unsup_losses(losses, 2.0, regression=False, names=("loss_mask",))
 
 
 def test_pseudo_boxes_follow_the_strong_views_geometry():
@@ -157,8 +163,9 @@ def test_config_selects_the_trainer_and_rejects_what_cannot_work(data):
     bad = _cfg(data / "unused", 1, **{"MODEL.SELF_TRAINING.STRONG_AUGMENT": "heavy"})
     with pytest.raises(DetpreError, match="STRONG_AUGMENT"):
         OnlineTeacherTrainer.check_config(bad)
-    bad = _cfg(data / "unused", 1, **{"MODEL.SELF_TRAINING.PSEUDO_LOSSES": ["loss_rpn_cls"]})
-    with pytest.raises(DetpreError, match="PSEUDO_LOSSES.*offline mode's"):
+    bad = _cfg(data / "unused", 1, **{"MODEL.SELF_TRAINING.PSEUDO_LOSSES": ["loss_rpn_cls"],
+                                      "MODEL.SELF_TRAINING.PSEUDO_BOX_REGRESSION": True})
+    with pytest.raises(DetpreError, match="PSEUDO_LOSSES.*PSEUDO_BOX_REGRESSION False"):
         OnlineTeacherTrainer.check_config(bad)
 
 
@@ -263,3 +270,13 @@ def test_a_retinanet_trains_online_too(data, tmp_path):
     trainer = _train(cfg)
     assert _iters(trainer, "unsup_loss_cls") == [1] and "unsup_loss_box_reg" not in trainer.storage.histories()
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, EXPORT_NAMES["teacher"]))
+
+
+def test_pseudo_losses_pick_what_the_pseudo_boxes_train_online(data, tmp_path):
+    """PSEUDO_LOSSES localisation only: the unlabeled pass logs (and trains) RPN and box
+    regression, not RoI classification."""
+    names = ["loss_rpn_cls", "loss_rpn_loc", "loss_box_reg"]
+    cfg = _cfg(tmp_path / "loc", 2, burn_in=1, threshold=0.05, **{"MODEL.SELF_TRAINING.PSEUDO_LOSSES": names})
+    trainer = _train(cfg)
+    logged = {k for k in trainer.storage.histories() if k.startswith("unsup_")}
+    assert logged == {f"unsup_{n}" for n in names}

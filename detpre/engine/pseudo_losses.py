@@ -1,0 +1,17 @@
+"""The losses pseudo-labels train (``MODEL.SELF_TRAINING.PSEUDO_LOSSES``), offline and online."""
+from detpre.errors import DetpreError
+
+__all__ = ["select_losses"]
+
+
+def select_losses(losses, names):
+    """``losses`` with those not in ``names`` x 0 (kept in the graph, so DDP sees every parameter
+    used); ``names`` empty = all of them. The pseudo-labels' losses in both modes
+    (``MODEL.SELF_TRAINING.PSEUDO_LOSSES``)."""
+    if not names:
+        return dict(losses)
+    unknown = sorted(set(names) - set(losses))
+    if unknown:
+        raise DetpreError(f"MODEL.SELF_TRAINING.PSEUDO_LOSSES names {unknown}, which this model does not "
+                          f"compute; its losses are {sorted(losses)}")
+    return {k: v if k in names else v * 0.0 for k, v in losses.items()}
