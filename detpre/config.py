@@ -397,6 +397,10 @@ def add_self_training_config(cfg):
     # "photometric" (Unbiased Teacher: colour jitter, grayscale, blur, cutout; same geometry) or
     # "S1"-"S4" (INPUT.SELF_TRAINING's levels, pseudo-boxes moved with their geometry).
     _C.MODEL.SELF_TRAINING.STRONG_AUGMENT = "photometric"
+    # Online: the student's strong views update batch norm's running statistics too (what the
+    # student and its EMA teacher are evaluated with); False keeps them to the labeled images
+    # (the supervised control's). No effect with FrozenBN.
+    _C.MODEL.SELF_TRAINING.STRONG_VIEW_BN_STATS = True
     # Online: warn when the teacher keeps no box (SCORE_THRESHOLD / CLASS_THRESHOLDS) for this
     # many consecutive iterations (and every as many after); 0 = never.
     _C.MODEL.SELF_TRAINING.EMPTY_WARN_ITERS = 50

@@ -25,6 +25,7 @@ Both are evaluated (``bbox/AP`` = student, ``teacher/bbox/AP``) at TEST.EVAL_PER
 and exported at the end as ``model_final_student.pth`` / ``model_final_teacher.pth``
 (``{"model": state dict}``: MODEL.WEIGHTS of the same detectron2 config).
 """
+import contextlib
 import logging
 import os
 import time
@@ -58,7 +59,7 @@ from .rng import TrainingRNG
 from .trainer import Trainer
 
 __all__ = ["EMATeacher", "OnlineTeacherEMA", "OnlineTeacherStep", "OnlineTeacherTrainer", "is_online",
-           "split_unsup_losses", "EXPORT_NAMES"]
+           "split_unsup_losses", "running_stats_kept", "EXPORT_NAMES"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,16 +178,38 @@ def split_unsup_losses(losses, weight, regression, names=()):
     return {k: v * weight for k, v in select_losses(losses, names).items()}
 
 
+@contextlib.contextmanager
+def running_stats_kept(model, keep=True):
+    """Batch norm inside normalizes with the batch's statistics as in training, but leaves its
+    running statistics (what evaluation and the EMA teacher use) as they were: the strong views of
+    unlabeled images (colour jitter, grayscale, cutout) are not the images the detector will see,
+    and a supervised control never mixes them in. Done with a momentum of 0 for the pass (the
+    running buffers are inputs of the backward, so they cannot be rewritten before it);
+    ``keep=False``: unchanged."""
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats] if keep else []
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    try:
+        for m in bns:
+            m.momentum = 0.0  # running <- 1 * running + 0 * batch, exactly
+        yield model
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)  # read by a cumulative (momentum None) average only
+
+
 class OnlineTeacherStep(AMPStep):
     """One iteration: the supervised loss on the labeled items; from ``burn_in`` on, also the
     weighted pseudo-label loss of the student's strong views (its own forward/backward)."""
 
     def __init__(self, model, data_loader, optimizer, *, teacher, labeler, health, burn_in, unsup_weight,
-                 regression=False, pseudo_losses=(), precision=None):
+                 regression=False, pseudo_losses=(), keep_bn_stats=False, precision=None):
         super().__init__(model, data_loader, optimizer, precision or MixedPrecision(enabled=False))
         self.teacher, self.labeler, self.health = teacher, labeler, health
         self.burn_in, self.unsup_weight, self.regression = int(burn_in), float(unsup_weight), bool(regression)
         self.pseudo_losses = tuple(pseudo_losses)
+        self.keep_bn_stats = bool(keep_bn_stats)
 
     def run_step(self):
         online = self.iter >= self.burn_in
@@ -209,7 +232,7 @@ class OnlineTeacherStep(AMPStep):
             with amp.autocast():
                 inputs, stats = self.labeler(self.teacher.model, unlabeled)
             student = unwrap_model(self.model)
-            with amp.autocast(), detection_heads_only(student):
+            with amp.autocast(), detection_heads_only(student), running_stats_kept(student, self.keep_bn_stats):
                 loss_unsup = split_unsup_losses(self.model(inputs), self.unsup_weight, self.regression,
                                                 self.pseudo_losses)
                 total_unsup = sum(loss_unsup.values())
@@ -289,7 +312,8 @@ class OnlineTeacherTrainer(Trainer):
             base.model, base.data_loader, base.optimizer, teacher=self.teacher,
             labeler=OnlinePseudoLabeler(self._thresholds), health=self.pseudo_health, burn_in=self.burn_in,
             unsup_weight=st.UNSUP_LOSS_WEIGHT, regression=st.PSEUDO_BOX_REGRESSION,
-            pseudo_losses=st.PSEUDO_LOSSES, precision=getattr(base, "precision", None))
+            pseudo_losses=st.PSEUDO_LOSSES, keep_bn_stats=not st.STRONG_VIEW_BN_STATS,
+            precision=getattr(base, "precision", None))
 
     @classmethod
     def build_train_loader(cls, cfg):

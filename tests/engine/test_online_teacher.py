@@ -17,7 +17,13 @@ from torch import nn
 from detpre.data.datasets import register_coco, register_image_folder
 from detpre.data.online_teacher import WeakStrongMapper
 from detpre.engine.defaults import trainer_class
-from detpre.engine.online_teacher import EXPORT_NAMES, EMATeacher, OnlineTeacherTrainer, split_unsup_losses
+from detpre.engine.online_teacher import (
+    EXPORT_NAMES,
+    EMATeacher,
+    OnlineTeacherTrainer,
+    running_stats_kept,
+    split_unsup_losses,
+)
 from detpre.errors import DetpreError
 from detpre.pseudo_labels.online import OnlinePseudoLabeler, PseudoLabelHealth
 
@@ -105,6 +111,25 @@ def test_unsupervised_losses_train_classification_not_regression():
                                                      "loss_rpn_cls": 6.0, "loss_rpn_loc": 8.0}
     with pytest.raises(DetpreError, match="PSEUDO_LOSSES names \\['loss_mask'\\]"):
         split_unsup_losses(losses, 2.0, regression=False, names=("loss_mask",))
+
+
+def test_running_stats_kept_normalizes_by_the_batch_and_puts_the_running_stats_back():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4)).train()
+    x = torch.randn(2, 3, 5, 5) * 3 + 1
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with running_stats_kept(net):
+        out = net(x)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # incl. num_batches_tracked
+    bn = net[1]  # the batch's own statistics, as plain training mode
+    h = net[0](x)
+    ref = (h - h.mean((0, 2, 3), keepdim=True)) / torch.sqrt(h.var((0, 2, 3), unbiased=False, keepdim=True) + bn.eps)
+    ref = net[3](torch.relu(ref * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]))
+    assert torch.allclose(out, ref, atol=1e-5)
+    out.sum().backward()  # the graph does not hold the restored buffers
+    with running_stats_kept(net, keep=False):
+        net(x)
+    assert not torch.equal(net[1].running_mean, before["1.running_mean"])
 
 
 def test_pseudo_boxes_follow_the_strong_views_geometry():
@@ -280,3 +305,19 @@ def test_pseudo_losses_pick_what_the_pseudo_boxes_train_online(data, tmp_path):
     trainer = _train(cfg)
     logged = {k for k in trainer.storage.histories() if k.startswith("unsup_")}
     assert logged == {f"unsup_{n}" for n in names}
+
+
+def test_strong_views_leave_the_running_stats_to_the_labeled_images(data, tmp_path):
+    """STRONG_VIEW_BN_STATS False: at LR 0, an online iteration leaves the student's batch norm
+    statistics where the labeled pass alone puts them; True (the default) moves them."""
+    def bn_stats(cfg):
+        _train(cfg)
+        state = torch.load(os.path.join(cfg.OUTPUT_DIR, EXPORT_NAMES["student"]), map_location="cpu")["model"]
+        return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+    base = {"SOLVER.BASE_LR": 0.0, "MODEL.SELF_TRAINING.BURN_IN_ITERS": 0}
+    kept = bn_stats(_cfg(tmp_path / "kept", 1, threshold=0.05, **base, **{"MODEL.SELF_TRAINING.STRONG_VIEW_BN_STATS": False}))
+    mixed = bn_stats(_cfg(tmp_path / "mixed", 1, threshold=0.05, **base))
+    labeled = bn_stats(_cfg(tmp_path / "labeled", 1, threshold=0.05, **{**base, "MODEL.SELF_TRAINING.BURN_IN_ITERS": 1}))
+    assert kept and all(torch.equal(v, labeled[k]) for k, v in kept.items())
+    assert any(not torch.equal(v, labeled[k]) for k, v in mixed.items())
