@@ -54,12 +54,13 @@ from detpre.utils.io import atomic_open
 
 from .amp import AMPStep, MixedPrecision
 from .hooks import unwrap_model
-from .pseudo_losses import select_losses
+from .pseudo_losses import check_loss_names
 from .rng import TrainingRNG
 from .trainer import Trainer
 
 __all__ = ["EMATeacher", "OnlineTeacherEMA", "OnlineTeacherStep", "OnlineTeacherTrainer", "is_online",
-           "split_unsup_losses", "running_stats_kept", "EXPORT_NAMES"]
+           "split_unsup_losses", "trained_unsup_losses", "batch_norms",
+           "running_stats_kept", "EXPORT_NAMES"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,35 +165,41 @@ class OnlineTeacherEMA(HookBase):
             self.trainer.storage.put_scalar("teacher/ema_momentum", self.momentum, smoothing_hint=False)
 
 
-def _is_regression(name):
-    return name.endswith("_loc") or "box_reg" in name
+def trained_unsup_losses(losses, regression, names=()):
+    """The names of the unlabeled pass's trained losses: ``names`` (PSEUDO_LOSSES), or without them
+    Unbiased Teacher's: the classification terms, and box regression (``*_loc``, ``*box_reg*``)
+    with ``regression``."""
+    if names:
+        check_loss_names(losses, names)
+        return set(names)
+    return {k for k in losses if regression or not (k.endswith("_loc") or "box_reg" in k)}
 
 
 def split_unsup_losses(losses, weight, regression, names=()):
-    """The optimized unlabeled-batch losses: those in ``names`` x ``weight``, or without ``names``
-    (Unbiased Teacher) the classification terms, and box regression (``*_loc``, ``*box_reg*``) with
-    ``regression``; the rest x 0 (kept in the graph so every parameter has a gradient, as
+    """The optimized unlabeled-batch losses: the trained ones (``trained_unsup_losses``) x
+    ``weight``, the rest x 0 (kept in the graph so every parameter has a gradient, as
     DistributedDataParallel needs)."""
-    if not names:
-        names = [k for k in losses if regression or not _is_regression(k)]
-    return {k: v * weight for k, v in select_losses(losses, names).items()}
+    trained = trained_unsup_losses(losses, regression, names)
+    return {k: v * (weight if k in trained else 0.0) for k, v in losses.items()}
+
+
+def batch_norms(model):
+    """The batch norm layers of ``model`` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 @contextlib.contextmanager
-def running_stats_kept(model, keep=True):
-    """Batch norm inside normalizes with the batch's statistics as in training, but leaves its
-    running statistics (what evaluation and the EMA teacher use) as they were: the strong views of
-    unlabeled images (colour jitter, grayscale, cutout) are not the images the detector will see,
-    and a supervised control never mixes them in. Done with a momentum of 0 for the pass (the
-    running buffers are inputs of the backward, so they cannot be rewritten before it);
-    ``keep=False``: unchanged."""
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats] if keep else []
+def running_stats_kept(bns):
+    """The batch norm layers ``bns`` normalize with the batch's statistics as in training, but
+    leave their running statistics (what evaluation and the EMA teacher use) as they were: the
+    strong views of unlabeled images (colour jitter, grayscale, cutout) are not the images the
+    detector will see, and a supervised control never mixes them in. Done with a momentum of 0 for
+    the pass (the running buffers are inputs of the backward, so they cannot be rewritten before it)."""
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
     try:
         for m in bns:
             m.momentum = 0.0  # running <- 1 * running + 0 * batch, exactly
-        yield model
+        yield
     finally:
         for m, (momentum, tracked) in zip(bns, saved):
             m.momentum = momentum
@@ -209,7 +216,8 @@ class OnlineTeacherStep(AMPStep):
         self.teacher, self.labeler, self.health = teacher, labeler, health
         self.burn_in, self.unsup_weight, self.regression = int(burn_in), float(unsup_weight), bool(regression)
         self.pseudo_losses = tuple(pseudo_losses)
-        self.keep_bn_stats = bool(keep_bn_stats)
+        # the layers whose running statistics the strong views leave alone (none: they update them)
+        self.kept_bns = batch_norms(unwrap_model(model)) if keep_bn_stats else []
 
     def run_step(self):
         online = self.iter >= self.burn_in
@@ -232,15 +240,15 @@ class OnlineTeacherStep(AMPStep):
             with amp.autocast():
                 inputs, stats = self.labeler(self.teacher.model, unlabeled)
             student = unwrap_model(self.model)
-            with amp.autocast(), detection_heads_only(student), running_stats_kept(student, self.keep_bn_stats):
-                loss_unsup = split_unsup_losses(self.model(inputs), self.unsup_weight, self.regression,
-                                                self.pseudo_losses)
+            with amp.autocast(), detection_heads_only(student), running_stats_kept(self.kept_bns):
+                raw = self.model(inputs)
+                loss_unsup = split_unsup_losses(raw, self.unsup_weight, self.regression, self.pseudo_losses)
                 total_unsup = sum(loss_unsup.values())
                 if comm.get_world_size() > 1:  # the mask head had no part in this pass: a zero gradient
                     total_unsup = total_unsup + 0.0 * sum(p.view(-1)[0] for p in student.parameters()
                                                           if p.requires_grad)
             amp.backward(total_unsup)
-            trained = self.pseudo_losses or [k for k in loss_unsup if self.regression or not _is_regression(k)]
+            trained = trained_unsup_losses(raw, self.regression, self.pseudo_losses)  # the logged ones
             metrics.update({f"unsup_{k}": v.detach() for k, v in loss_unsup.items() if k in trained})
             self.health.record(stats, self.iter, get_event_storage())
         _compat.write_metrics(metrics, data_time, self.iter)  # total_loss = the optimized objective

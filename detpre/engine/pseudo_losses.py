@@ -1,17 +1,21 @@
 """The losses pseudo-labels train (``MODEL.SELF_TRAINING.PSEUDO_LOSSES``), offline and online."""
 from detpre.errors import DetpreError
 
-__all__ = ["select_losses"]
+__all__ = ["check_loss_names", "select_losses"]
 
 
-def select_losses(losses, names):
-    """``losses`` with those not in ``names`` x 0 (kept in the graph, so DDP sees every parameter
-    used); ``names`` empty = all of them. The pseudo-labels' losses in both modes
-    (``MODEL.SELF_TRAINING.PSEUDO_LOSSES``)."""
-    if not names:
-        return dict(losses)
+def check_loss_names(losses, names):
+    """A clear error when ``names`` holds a loss the model did not compute."""
     unknown = sorted(set(names) - set(losses))
     if unknown:
         raise DetpreError(f"MODEL.SELF_TRAINING.PSEUDO_LOSSES names {unknown}, which this model does not "
                           f"compute; its losses are {sorted(losses)}")
+
+
+def select_losses(losses, names):
+    """``losses`` with those not in ``names`` x 0 (kept in the graph, so DDP sees every parameter
+    used); ``names`` empty = all of them."""
+    if not names:
+        return dict(losses)
+    check_loss_names(losses, names)
     return {k: v if k in names else v * 0.0 for k, v in losses.items()}

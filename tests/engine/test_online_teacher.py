@@ -21,6 +21,7 @@ from detpre.engine.online_teacher import (
     EXPORT_NAMES,
     EMATeacher,
     OnlineTeacherTrainer,
+    batch_norms,
     running_stats_kept,
     split_unsup_losses,
 )
@@ -118,7 +119,8 @@ def test_running_stats_kept_normalizes_by_the_batch_and_puts_the_running_stats_b
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4)).train()
     x = torch.randn(2, 3, 5, 5) * 3 + 1
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with running_stats_kept(net):
+    assert batch_norms(net) == [net[1], net[3]]
+    with running_stats_kept(batch_norms(net)):
         out = net(x)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # incl. num_batches_tracked
     bn = net[1]  # the batch's own statistics, as plain training mode
@@ -127,7 +129,7 @@ def test_running_stats_kept_normalizes_by_the_batch_and_puts_the_running_stats_b
     ref = net[3](torch.relu(ref * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]))
     assert torch.allclose(out, ref, atol=1e-5)
     out.sum().backward()  # the graph does not hold the restored buffers
-    with running_stats_kept(net, keep=False):
+    with running_stats_kept([]):  # STRONG_VIEW_BN_STATS True: no layer kept
         net(x)
     assert not torch.equal(net[1].running_mean, before["1.running_mean"])
 
