@@ -5,13 +5,16 @@ the same iterations, batch and augmentation on labeled images only (so only the 
 differ), S seeds each, paired by seed; plus the pseudo-labels' precision / recall and the teacher's
 AP on the unlabeled images against their evaluation-only ground truth (the demo has one).
 
-``--mode online`` (``make demo-self-training``): the student is trained online (an EMA teacher
-pseudo-labels each unlabeled batch, MODEL.SELF_TRAINING.MODE online; default student config
+``--mode online``: the student is trained online (an EMA teacher pseudo-labels each unlabeled
+batch, MODEL.SELF_TRAINING.MODE online; default student config
 configs/demo/self_training_online_benchmark_student.yaml), the control on the labeled images alone;
-the EMA teachers are scored against the same controls:
+the EMA teachers are scored against the same controls. ``make demo-self-training`` runs it with 20
+labeled images:
 
     python tools/benchmark_self_training.py --mode online --seeds 0,1,2 --jobs 2 \
-        --output-dir output/demo/benchmark_self_training_online
+        --teacher-config configs/demo/self_training_20_labels_teacher.yaml \
+        --student-config configs/demo/self_training_online_20_labels_student.yaml \
+        --output-dir output/demo/self_training_20_labels
 
 Offline (the default; Noisy Student rounds, default student config
 configs/demo/self_training_benchmark_student.yaml):

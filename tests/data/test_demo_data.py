@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -227,3 +228,31 @@ def test_register_demo_generates_on_first_use(tmp_path, fresh_demo_names):
     gt = MetadataCatalog.get("detpre_demo_unlabeled").eval_only_json_file
     assert os.path.isfile(gt) and gt not in [MetadataCatalog.get(n).get("json_file", None)
                                                for n in DatasetCatalog.list()]
+
+
+def test_a_label_budget_a_config_names_is_trains_first_images_on_any_demo(small_demo, tmp_path):
+    """``detpre_demo_train<N>`` in DATASETS.TRAIN works on a demo made without budgets: its file is
+    written from `train` on first load; N outside 1..num_train-1 is an error naming the name."""
+    from detpre.data.datasets import register_from_config
+    from detpre.errors import DetpreError
+
+    root = str(tmp_path / "d")
+    shutil.copytree(small_demo, root)
+    cfg = get_detpre_cfg()
+    cfg.DATASETS.DEMO_ROOT = root
+    cfg.DATASETS.TRAIN = ("detpre_demo_train2",)
+    cfg.DATASETS.TEST = ("detpre_demo_val", "detpre_demo_train6")
+    names = ("detpre_demo_train", "detpre_demo_val", "detpre_demo_unlabeled", "detpre_demo_train2",
+             "detpre_demo_train6")
+    with names_freed(names):
+        register_from_config(cfg)
+        assert not os.path.exists(os.path.join(root, "annotations", "instances_train2.json"))
+        first, train = DatasetCatalog.get("detpre_demo_train2"), DatasetCatalog.get("detpre_demo_train")
+        assert len(train) == 6 and [d["file_name"] for d in first] == [d["file_name"] for d in train[:2]]
+        assert [d["annotations"] for d in first] == [d["annotations"] for d in train[:2]]
+        assert json.load(open(MetadataCatalog.get("detpre_demo_train2").json_file))["images"] == \
+            json.load(open(os.path.join(root, "annotations", "instances_train.json")))["images"][:2]
+        assert sorted(json.load(open(os.path.join(root, DEMO_MARKER)))) == sorted(  # the marker is untouched
+            ["version", "seed", "num_train", "num_val", "num_unlabeled"])
+        with pytest.raises(DetpreError, match=r"detpre_demo_train6: .* 6 `train` images.* N from 1 to 5"):
+            DatasetCatalog.get("detpre_demo_train6")

@@ -7,13 +7,17 @@ A demo generated with a selection and a report split (``generate_demo_dataset``'
 ``num_report``: early stopping picks on one, scores on the other) also registers
 ``detpre_demo_select`` / ``detpre_demo_report``, and one with label budgets (``train_subsets``)
 ``detpre_demo_train<N>`` (`train`'s first N images), e.g. under ``DATASETS.DEMO_ROOT
-datasets/detpre_demo_converged`` (``make demo-converged``). Those names exist only where the demo
-under the root has them (its marker says so), so such a demo is generated before it is registered.
+datasets/detpre_demo_converged`` (``make demo-converged``). Selection and report splits exist only
+where the demo under the root has them (its marker says so), so such a demo is generated before it
+is registered. A label budget is only a file derived from `train`: one that a config names
+(``DATASETS.TRAIN: ("detpre_demo_train20",)``, ``register_from_config``) is registered on any demo
+and its file written when it is first loaded.
 
 The unlabeled split's ground truth is not a data set: no name loads it, so no config can train on
 it. Its path is the unlabeled set's metadata ``eval_only_json_file`` (pseudo-label quality reads it).
 """
 import os
+import re
 
 from detectron2.data.datasets import load_coco_json
 
@@ -22,15 +26,17 @@ from .demo_gen import (
     DEMO_VERSION,
     EXTRA_SPLITS,
     UNLABELED_GROUNDTRUTH,
+    ensure_train_subset,
     generate_demo_dataset,
     read_demo_marker,
     subset_json,
 )
 from .folder import load_image_folder
 
-__all__ = ["DEMO_NAMES", "demo_root", "register_demo", "ensure_demo", "demo_extra_names"]
+__all__ = ["DEMO_NAMES", "demo_root", "register_demo", "ensure_demo", "demo_extra_names", "train_subsets_named"]
 
 DEMO_NAMES = ("detpre_demo_train", "detpre_demo_val", "detpre_demo_unlabeled")
+_TRAIN_SUBSET = re.compile(r"detpre_demo_train([0-9]+)")
 
 
 def demo_root(cfg=None):
@@ -53,8 +59,16 @@ def ensure_demo(root):
     return generate_demo_dataset(root)
 
 
+def train_subsets_named(names):
+    """The label budgets N of the ``detpre_demo_train<N>`` among ``names``, sorted."""
+    return sorted({int(m.group(1)) for n in names if (m := _TRAIN_SUBSET.fullmatch(str(n)))})
+
+
 def _load_labeled(root, json_name, image_split, name):
     ensure_demo(root)
+    budget = train_subsets_named([name])
+    if budget:
+        ensure_train_subset(root, budget[0])
     return load_coco_json(os.path.join(root, "annotations", json_name),
                           os.path.join(root, "images", image_split), name)
 
@@ -81,11 +95,13 @@ def demo_extra_names(root):
     return tuple(_extra_splits(os.path.abspath(os.path.expanduser(root))))
 
 
-def register_demo(root=None):
+def register_demo(root=None, train_subsets=()):
     """Register the demo data sets, generated under ``root`` (default ``demo_root()``): the three,
-    and the splits the demo there was made with beyond them (``demo_extra_names``)."""
+    the splits the demo there was made with beyond them (``demo_extra_names``) and the label
+    budgets ``train_subsets`` (``detpre_demo_train<N>``, N below `train`'s size)."""
     root = demo_root() if root is None else os.path.abspath(os.path.expanduser(root))
     splits = {f"detpre_demo_{s}": (f"instances_{s}.json", s) for s in ("train", "val")}
+    splits.update({f"detpre_demo_train{int(n)}": (subset_json(n), "train") for n in train_subsets})
     splits.update(_extra_splits(root))
     for name, (json_name, image_split) in splits.items():
         register_once(

@@ -25,13 +25,14 @@ import tempfile
 import cv2
 import numpy as np
 
-from detpre.utils.io import read_json
+from detpre.errors import DetpreError
+from detpre.utils.io import read_json, write_json_atomic
 
 from .demo_shapes import CATEGORIES, TEXTURES, draw_shape, random_background, texture
 from .masks import mask_to_bbox, mask_to_polygons
 
 __all__ = ["generate_demo_dataset", "read_demo_marker", "DEMO_MARKER", "DEMO_SPLITS", "EXTRA_SPLITS",
-           "UNLABELED_GROUNDTRUTH", "subset_json"]
+           "UNLABELED_GROUNDTRUTH", "subset_json", "ensure_train_subset"]
 
 DEMO_MARKER = "detpre_demo.json"  # written last into the temp dir: its presence = complete
 # 2: + annotations/instances_unlabeled_groundtruth.json (same images). 3: `val` 50 -> 300 images
@@ -167,7 +168,24 @@ def _write_train_subset(out_dir, n):
     keep = {img["id"] for img in images}
     sub = dict(full, images=images, annotations=[a for a in full["annotations"] if a["image_id"] in keep])
     sub["info"] = dict(full["info"], description=f"{full['info']['description']}: the first {n} train images")
-    _write_json(os.path.join(ann_dir, subset_json(n)), sub)
+    write_json_atomic(os.path.join(ann_dir, subset_json(n)), sub, separators=(",", ":"))
+
+
+def ensure_train_subset(root, n):
+    """The path of ``instances_train<n>.json`` in the (complete) demo under ``root``, written from
+    `train`'s annotations if the demo was made without that label budget: a budget is a file
+    derived from `train`, so any demo has every budget below its size (``detpre_demo_train<n>``
+    in a config is enough)."""
+    path = os.path.join(root, "annotations", subset_json(n))
+    if os.path.isfile(path):
+        return path
+    num_train = read_demo_marker(root)["num_train"]
+    if not 0 < int(n) < num_train:
+        raise DetpreError(f"detpre_demo_train{n}: the demo under {root} has {num_train} `train` images, so a label "
+                          f"budget detpre_demo_train<N> takes N from 1 to {num_train - 1}; fix the name in "
+                          "DATASETS.TRAIN / DATASETS.TEST (detpre_demo_train is all of them)")
+    _write_train_subset(root, int(n))
+    return path
 
 
 def read_demo_marker(root):

@@ -6,7 +6,7 @@ Called by the entry points after the config is built, never at import time.
 from detpre.errors import DetpreError
 
 from .coco import register_coco
-from .demo import demo_root, register_demo
+from .demo import demo_root, register_demo, train_subsets_named
 from .folder import register_image_folder
 from .reid import register_reid_from_config
 from .voc import VOC_CLASS_NAMES, register_voc
@@ -40,6 +40,6 @@ def register_from_config(cfg):
         register_voc(item[0], item[1], item[2], classes, source=source)
     for source, (name, image_dir) in _entries(cfg, "FOLDER", (2,), "[name, image_dir]"):
         register_image_folder(name, image_dir, source=source)
-    register_demo(demo_root(cfg))
+    register_demo(demo_root(cfg), train_subsets_named([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]))
     # re-ID sets last: crops of detection data sets read the ones registered above
     register_reid_from_config(cfg)
