@@ -45,13 +45,14 @@ demo-smoke: $(STAMP)
 	$(PY) tools/demo.py --smoke
 
 # self-training, fair: online mode (an EMA teacher labels each unlabeled batch) with 20 labeled images
-# (where 200 more supervised iterations no longer pay) from a 1000-iteration teacher, 3 paired seeds;
-# the student and its EMA teacher each against a control trained the same iterations on the labeled
-# images alone, the pseudo-labels' precision / recall at the threshold (~25 minutes on 2 cores;
+# (where 200 more supervised iterations no longer pay) from a 1000-iteration teacher, 4 paired seeds
+# (with 3 the seeds' noise alone can hide the gain); the student and its EMA teacher each against a
+# control trained the same iterations on the labeled images alone, the pseudo-labels' precision /
+# recall at the threshold (~30 minutes on 2 cores;
 # configs/demo/self_training_20_labels_teacher.yaml, self_training_online_20_labels_student.yaml).
 # Re-running continues a killed run. Other regimes: docs/results.md#self-training.
 demo-self-training: $(STAMP)
-	$(PY) tools/benchmark_self_training.py --mode online --seeds 0,1,2 --jobs 2 \
+	$(PY) tools/benchmark_self_training.py --mode online --seeds 0,1,2,3 --jobs 2 \
 		--teacher-config configs/demo/self_training_20_labels_teacher.yaml \
 		--student-config configs/demo/self_training_online_20_labels_student.yaml \
 		--output-dir output/demo/self_training_20_labels

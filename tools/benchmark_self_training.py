@@ -11,7 +11,7 @@ configs/demo/self_training_online_benchmark_student.yaml), the control on the la
 the EMA teachers are scored against the same controls. ``make demo-self-training`` runs it with 20
 labeled images:
 
-    python tools/benchmark_self_training.py --mode online --seeds 0,1,2 --jobs 2 \
+    python tools/benchmark_self_training.py --mode online --seeds 0,1,2,3 --jobs 2 \
         --teacher-config configs/demo/self_training_20_labels_teacher.yaml \
         --student-config configs/demo/self_training_online_20_labels_student.yaml \
         --output-dir output/demo/self_training_20_labels
