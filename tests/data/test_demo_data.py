@@ -232,8 +232,11 @@ def test_register_demo_generates_on_first_use(tmp_path, fresh_demo_names):
 
 def test_a_label_budget_a_config_names_is_trains_first_images_on_any_demo(small_demo, tmp_path):
     """``detpre_demo_train<N>`` in DATASETS.TRAIN works on a demo made without budgets: its file is
-    written from `train` on first load; N outside 1..num_train-1 is an error naming the name."""
+    written from `train` on first load; N outside 1..num_train-1 is an error naming the name, at
+    registration when the demo is there, else when it is loaded."""
     from detpre.data.datasets import register_from_config
+    from detpre.data.datasets.demo import train_subsets_named
+    from detpre.data.datasets.demo_gen import ensure_train_subset
     from detpre.errors import DetpreError
 
     root = str(tmp_path / "d")
@@ -241,7 +244,7 @@ def test_a_label_budget_a_config_names_is_trains_first_images_on_any_demo(small_
     cfg = get_detpre_cfg()
     cfg.DATASETS.DEMO_ROOT = root
     cfg.DATASETS.TRAIN = ("detpre_demo_train2",)
-    cfg.DATASETS.TEST = ("detpre_demo_val", "detpre_demo_train6")
+    cfg.DATASETS.TEST = ("detpre_demo_val",)
     names = ("detpre_demo_train", "detpre_demo_val", "detpre_demo_unlabeled", "detpre_demo_train2",
              "detpre_demo_train6")
     with names_freed(names):
@@ -254,5 +257,13 @@ def test_a_label_budget_a_config_names_is_trains_first_images_on_any_demo(small_
             json.load(open(os.path.join(root, "annotations", "instances_train.json")))["images"][:2]
         assert sorted(json.load(open(os.path.join(root, DEMO_MARKER)))) == sorted(  # the marker is untouched
             ["version", "seed", "num_train", "num_val", "num_unlabeled"])
-        with pytest.raises(DetpreError, match=r"detpre_demo_train6: .* 6 `train` images.* N from 1 to 5"):
-            DatasetCatalog.get("detpre_demo_train6")
+    cfg.DATASETS.TEST = ("detpre_demo_val", "detpre_demo_train6")
+    with names_freed(names), pytest.raises(DetpreError, match=r"train6: .* 6 `train` images.* N from 1 to 5"):
+        register_from_config(cfg)
+    with pytest.raises(DetpreError, match="detpre_demo_train6: .* N from 1 to 5"):
+        ensure_train_subset(root, 6)  # the load-time check, for a demo generated after registration
+    with pytest.raises(DetpreError, match="no complete demo"):
+        ensure_train_subset(str(tmp_path / "none"), 2)
+    # only the names a budget is registered under count: no leading zero, no zero, nothing after
+    assert train_subsets_named(["detpre_demo_train020", "detpre_demo_train0", "detpre_demo_train3x",
+                                "detpre_demo_val", "detpre_demo_train12", "detpre_demo_train3"]) == [3, 12]

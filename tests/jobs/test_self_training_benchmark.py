@@ -207,19 +207,20 @@ def test_the_control_trains_every_loss_on_its_labeled_second_stream(repo_root):
     assert control.MODEL.SELF_TRAINING.LOSS_NORM is False and control.SOLVER.MAX_ITER == student.SOLVER.MAX_ITER
 
 
-def test_make_demo_self_training_teacher_student_and_control_share_the_20_labeled_images():
+def test_make_demo_self_training_teacher_student_and_control_share_the_20_labeled_images(repo_root):
     """The make target's regime: the teacher, the online student and its control (the student config
     with the online control's keys) all train on detpre_demo_train20, from 1000 teacher iterations."""
     from detpre.config import get_detpre_cfg
 
-    teacher = get_detpre_cfg("configs/demo/self_training_20_labels_teacher.yaml")
-    student = get_detpre_cfg("configs/demo/self_training_online_20_labels_student.yaml")
-    control = get_detpre_cfg("configs/demo/self_training_online_20_labels_student.yaml",
+    demo = os.path.join(repo_root, "configs", "demo")
+    teacher = get_detpre_cfg(os.path.join(demo, "self_training_20_labels_teacher.yaml"))
+    student = get_detpre_cfg(os.path.join(demo, "self_training_online_20_labels_student.yaml"))
+    control = get_detpre_cfg(os.path.join(demo, "self_training_online_20_labels_student.yaml"),
                              [str(v) for v in bench.online_control_opts()])
     assert teacher.DATASETS.TRAIN == student.DATASETS.TRAIN == control.DATASETS.TRAIN == ("detpre_demo_train20",)
     assert teacher.SOLVER.MAX_ITER == 1000 and student.SOLVER.MAX_ITER == control.SOLVER.MAX_ITER == 200
     assert student.MODEL.SELF_TRAINING.MODE == "online" and control.MODEL.SELF_TRAINING.MODE == "offline"
     assert student.MODEL.SELF_TRAINING.UNLABELED_DATASET == "detpre_demo_unlabeled"
-    with open("Makefile") as f:
+    with open(os.path.join(repo_root, "Makefile")) as f:
         target = f.read().split("demo-self-training:")[1].split("\n\n")[0]
     assert "self_training_20_labels_teacher.yaml" in target and "self_training_online_20_labels_student.yaml" in target

@@ -26,6 +26,7 @@ from .demo_gen import (
     DEMO_VERSION,
     EXTRA_SPLITS,
     UNLABELED_GROUNDTRUTH,
+    check_train_subset,
     ensure_train_subset,
     generate_demo_dataset,
     read_demo_marker,
@@ -36,7 +37,7 @@ from .folder import load_image_folder
 __all__ = ["DEMO_NAMES", "demo_root", "register_demo", "ensure_demo", "demo_extra_names", "train_subsets_named"]
 
 DEMO_NAMES = ("detpre_demo_train", "detpre_demo_val", "detpre_demo_unlabeled")
-_TRAIN_SUBSET = re.compile(r"detpre_demo_train([0-9]+)")
+_TRAIN_SUBSET = re.compile(r"detpre_demo_train([1-9][0-9]*)")  # as registered: no leading zero
 
 
 def demo_root(cfg=None):
@@ -101,7 +102,11 @@ def register_demo(root=None, train_subsets=()):
     budgets ``train_subsets`` (``detpre_demo_train<N>``, N below `train`'s size)."""
     root = demo_root() if root is None else os.path.abspath(os.path.expanduser(root))
     splits = {f"detpre_demo_{s}": (f"instances_{s}.json", s) for s in ("train", "val")}
-    splits.update({f"detpre_demo_train{int(n)}": (subset_json(n), "train") for n in train_subsets})
+    marker = read_demo_marker(root)
+    for n in train_subsets:  # a budget the demo cannot have fails here, before any training starts
+        if isinstance(marker, dict):
+            check_train_subset(n, marker, root)
+        splits[f"detpre_demo_train{int(n)}"] = (subset_json(n), "train")
     splits.update(_extra_splits(root))
     for name, (json_name, image_split) in splits.items():
         register_once(

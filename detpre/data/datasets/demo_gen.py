@@ -32,7 +32,7 @@ from .demo_shapes import CATEGORIES, TEXTURES, draw_shape, random_background, te
 from .masks import mask_to_bbox, mask_to_polygons
 
 __all__ = ["generate_demo_dataset", "read_demo_marker", "DEMO_MARKER", "DEMO_SPLITS", "EXTRA_SPLITS",
-           "UNLABELED_GROUNDTRUTH", "subset_json", "ensure_train_subset"]
+           "UNLABELED_GROUNDTRUTH", "subset_json", "ensure_train_subset", "check_train_subset"]
 
 DEMO_MARKER = "detpre_demo.json"  # written last into the temp dir: its presence = complete
 # 2: + annotations/instances_unlabeled_groundtruth.json (same images). 3: `val` 50 -> 300 images
@@ -179,13 +179,23 @@ def ensure_train_subset(root, n):
     path = os.path.join(root, "annotations", subset_json(n))
     if os.path.isfile(path):
         return path
-    num_train = read_demo_marker(root)["num_train"]
+    marker = read_demo_marker(root)
+    if not isinstance(marker, dict):
+        raise DetpreError(f"detpre_demo_train{n}: no complete demo data set under {root} (no {DEMO_MARKER}); "
+                          "load one of its data sets first, which generates it")
+    check_train_subset(n, marker, root)
+    _write_train_subset(root, int(n))
+    return path
+
+
+def check_train_subset(n, marker, root):
+    """A ``DetpreError`` naming ``detpre_demo_train<n>`` unless ``n`` is a label budget of the demo
+    made with ``marker`` (1 to its `train` size - 1)."""
+    num_train = int(marker["num_train"])
     if not 0 < int(n) < num_train:
         raise DetpreError(f"detpre_demo_train{n}: the demo under {root} has {num_train} `train` images, so a label "
                           f"budget detpre_demo_train<N> takes N from 1 to {num_train - 1}; fix the name in "
                           "DATASETS.TRAIN / DATASETS.TEST (detpre_demo_train is all of them)")
-    _write_train_subset(root, int(n))
-    return path
 
 
 def read_demo_marker(root):
