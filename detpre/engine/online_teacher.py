@@ -54,7 +54,7 @@ from detpre.utils.io import atomic_open
 
 from .amp import AMPStep, MixedPrecision
 from .hooks import unwrap_model
-from .pseudo_losses import check_loss_names
+from .pseudo_losses import check_loss_names, weigh_losses
 from .rng import TrainingRNG
 from .trainer import Trainer
 
@@ -179,8 +179,7 @@ def split_unsup_losses(losses, weight, regression, names=()):
     """The optimized unlabeled-batch losses: the trained ones (``trained_unsup_losses``) x
     ``weight``, the rest x 0 (kept in the graph so every parameter has a gradient, as
     DistributedDataParallel needs)."""
-    trained = trained_unsup_losses(losses, regression, names)
-    return {k: v * (weight if k in trained else 0.0) for k, v in losses.items()}
+    return weigh_losses(losses, trained_unsup_losses(losses, regression, names), weight)
 
 
 def batch_norms(model):
@@ -242,13 +241,13 @@ class OnlineTeacherStep(AMPStep):
             student = unwrap_model(self.model)
             with amp.autocast(), detection_heads_only(student), running_stats_kept(self.kept_bns):
                 raw = self.model(inputs)
-                loss_unsup = split_unsup_losses(raw, self.unsup_weight, self.regression, self.pseudo_losses)
+                trained = trained_unsup_losses(raw, self.regression, self.pseudo_losses)  # optimized and logged
+                loss_unsup = weigh_losses(raw, trained, self.unsup_weight)
                 total_unsup = sum(loss_unsup.values())
                 if comm.get_world_size() > 1:  # the mask head had no part in this pass: a zero gradient
                     total_unsup = total_unsup + 0.0 * sum(p.view(-1)[0] for p in student.parameters()
                                                           if p.requires_grad)
             amp.backward(total_unsup)
-            trained = trained_unsup_losses(raw, self.regression, self.pseudo_losses)  # the logged ones
             metrics.update({f"unsup_{k}": v.detach() for k, v in loss_unsup.items() if k in trained})
             self.health.record(stats, self.iter, get_event_storage())
         _compat.write_metrics(metrics, data_time, self.iter)  # total_loss = the optimized objective

@@ -1,7 +1,7 @@
 """The losses pseudo-labels train (``MODEL.SELF_TRAINING.PSEUDO_LOSSES``), offline and online."""
 from detpre.errors import DetpreError
 
-__all__ = ["check_loss_names", "select_losses"]
+__all__ = ["check_loss_names", "select_losses", "weigh_losses"]
 
 
 def check_loss_names(losses, names):
@@ -12,10 +12,16 @@ def check_loss_names(losses, names):
                           f"compute; its losses are {sorted(losses)}")
 
 
+def weigh_losses(losses, trained, weight=1.0):
+    """``losses`` in ``trained`` x ``weight``, the rest x 0 (kept in the graph, so DDP sees every
+    parameter used)."""
+    return {k: v * (weight if k in trained else 0.0) for k, v in losses.items()}
+
+
 def select_losses(losses, names):
     """``losses`` with those not in ``names`` x 0 (kept in the graph, so DDP sees every parameter
     used); ``names`` empty = all of them."""
     if not names:
         return dict(losses)
     check_loss_names(losses, names)
-    return {k: v if k in names else v * 0.0 for k, v in losses.items()}
+    return weigh_losses(losses, set(names))
